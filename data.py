@@ -1,0 +1,116 @@
+"""MNIST-style datasets through torchvision, checked and held as one tensor per split."""
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+
+DATASETS = {
+    "mnist": datasets.MNIST,
+    "fashion-mnist": datasets.FashionMNIST,
+    "kmnist": datasets.KMNIST,
+}
+IMAGE_SIZE = 28
+_IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: unsigned bytes, 3 and 1 dimensions
+
+
+class DataError(Exception):
+    """A dataset problem the user can fix; the message says how."""
+
+
+def raw_folder(dataset: str, root: str | Path) -> Path:
+    """Where torchvision looks for `dataset`'s files under `root`."""
+    return Path(root) / DATASETS[dataset].__name__ / "raw"
+
+
+def file_names(dataset: str) -> list[str]:
+    """The four IDX file names torchvision expects (each may also be present gzipped, as .gz)."""
+    return [os.path.splitext(name)[0] for name, _ in DATASETS[dataset].resources]
+
+
+def _download(dataset: str, root: Path) -> None:
+    """Let torchvision fetch the files; on failure raise a DataError that says where to put them."""
+    folder = raw_folder(dataset, root)
+    print(f"{dataset}: files not found in {folder}; downloading them there")
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            DATASETS[dataset](str(root), train=True, download=True)
+    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, …
+        names = ", ".join(file_names(dataset))
+        raise DataError(
+            f"{dataset} is not in {folder} and downloading it failed ({type(error).__name__}): "
+            f"put {names} (or the same with .gz) in that folder, or pass --data-dir DIR where "
+            f"DIR/{folder.parent.name}/raw holds them"
+        ) from None
+
+
+def _read_header(path: Path, magic: int, n_dims: int) -> list[int]:
+    """The dimensions in an IDX file's header, after checking its magic number and length."""
+    with open(path, "rb") as f:
+        header = f.read(4 * (1 + n_dims))
+    if len(header) < 4 * (1 + n_dims):
+        raise DataError(f"{path} is truncated (no complete IDX header): replace it with a good copy")
+    found = int.from_bytes(header[:4], "big")
+    if found != magic:
+        raise DataError(
+            f"{path} has magic number {found:#010x}, expected {magic:#010x}: it is not an IDX "
+            f"{'image' if n_dims == 3 else 'label'} file; replace it with a good copy"
+        )
+    dims = [int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(1, 1 + n_dims)]
+    expected = len(header) + (dims[0] * (dims[1] * dims[2] if n_dims == 3 else 1))
+    size = path.stat().st_size
+    if size != expected:
+        raise DataError(
+            f"{path} is {size} bytes but its header {dims} needs {expected}: the file is "
+            f"{'truncated' if size < expected else 'too long'}; replace it with a good copy"
+        )
+    return dims
+
+
+def check_split(dataset: str, root: str | Path, train: bool) -> None:
+    """Check one split's image and label files before torchvision reads them (its own checks are asserts)."""
+    folder = raw_folder(dataset, root)
+    prefix = "train" if train else "t10k"
+    images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+    n_images, height, width = _read_header(images, _IMAGES_MAGIC, 3)
+    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(
+            f"{images} holds {height}x{width} images; this project expects "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE}: replace it with the {dataset} file"
+        )
+    (n_labels,) = _read_header(labels, _LABELS_MAGIC, 1)
+    if n_images != n_labels:
+        raise DataError(
+            f"{images} holds {n_images} images but {labels} holds {n_labels} labels: "
+            "the two files do not belong together; replace them with a matching pair"
+        )
+    if n_images == 0:
+        raise DataError(f"{images} holds no images: replace it with a good copy")
+
+
+def load_images(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
+    """One split's images as a uint8 tensor [N, 28, 28], downloading the files if none are there."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    root = Path(root)
+    folder = raw_folder(dataset, root)
+    if not all((folder / name).exists() for name in file_names(dataset)):
+        _download(dataset, root)
+    check_split(dataset, root, train)
+    return DATASETS[dataset](str(root), train=train, download=False).data
+
+
+def to_pixels(
+    images: torch.Tensor, device: torch.device, binarize: str = "none", seed: int = 0
+) -> torch.Tensor:
+    """uint8 [N,28,28] → float [N,784] in [0,1] on `device`; binarize="static" samples
+    every pixel ~ Bernoulli(intensity) once, with a generator seeded by `seed`."""
+    pixels = images.to(device).reshape(images.shape[0], -1).float().div_(255)
+    if binarize == "static":
+        generator = torch.Generator(device=device).manual_seed(seed)
+        pixels = torch.bernoulli(pixels, generator=generator)
+    return pixels

@@ -1,0 +1,156 @@
+"""Showing a run: image grids and the loss plot to a Visdom server, and the grids as PNG files.
+
+The Visdom client has no timeouts of its own, so every request here has one. A server that is
+down or stops answering costs at most one timeout; the run then goes on without it, keeps
+writing the PNGs (which it always does), and tries the server again at a later epoch.
+"""
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+START_SERVER = "python -m visdom.server -bind_local"
+
+
+def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Images [N,784] or [N,1,28,28] in [0,1] → one uint8 grid image [3,H,W] on the CPU."""
+    images = images.detach().float().reshape(-1, 1, 28, 28).cpu()
+    return make_grid(images, nrow=nrow, padding=2, pad_value=1.0).mul(255).round().to(torch.uint8)
+
+
+def save_pngs(out: Path, grids: dict[str, tuple[torch.Tensor, str]]) -> None:
+    """Write each grid (name → (uint8 image, title)) to <out>/<name>.png."""
+    for name, (image, _) in grids.items():
+        save_image(image.float().div(255), out / f"{name}.png")
+
+
+class Viewer:
+    """Sends windows to Visdom (when reachable) and writes every grid to <out>/<name>.png.
+
+    With `log_file`, every message meant for Visdom is also appended to that file (the client's
+    log_to_filename), server or not; `python -m visdom.server` plus `replay.py` shows it later.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        server: str | None,
+        port: int,
+        env: str,
+        timeout: float,
+        retry_seconds: float,
+        log_file: str | None = None,
+    ) -> None:
+        self.out = out
+        self.server = f"{server}:{port}" if server else None
+        self.retry_seconds = retry_seconds
+        self.lost_at = 0.0  # when the server was last found unreachable
+        self.client = None
+        if server is None and log_file is None:
+            return
+        try:
+            import visdom
+        except ImportError:
+            print("visdom is not installed (see README.md, Set up): saving PNGs only")
+            return
+        logging.getLogger("visdom").setLevel(logging.CRITICAL)
+
+        class TimeoutVisdom(visdom.Visdom):
+            """The stock client with a timeout on every request, through the hook it documents."""
+
+            def _handle_post(self, url: str, data: str | None = None) -> str:
+                return self.session.post(url, data=data or {}, timeout=timeout).text
+
+        # Built offline so that the constructor sends nothing; _probe() goes online.
+        self.client = TimeoutVisdom(
+            server=server or "localhost", port=port, env=env, offline=True,
+            log_to_filename=log_file or os.devnull, use_incoming_socket=False, raise_exceptions=True,
+        )
+        self.client.log_to_filename = log_file
+        if self.server and not self._probe():
+            print(
+                f"No Visdom server answers at {self.server}: saving the grids as PNG files in "
+                f"{out}; to watch live, start one with `{START_SERVER}` and run again"
+            )
+
+    @property
+    def online(self) -> bool:
+        return self.client is not None and not self.client.offline
+
+    def _probe(self) -> bool:
+        """Ask the server for its env list; go online if it answers, else stay offline."""
+        self.client.offline = False
+        try:
+            self.client.get_env_list()
+            return True
+        except (OSError, ValueError):  # refused, timed out, or not a Visdom answer
+            self.client.offline = True
+            self.lost_at = time.monotonic()
+            return False
+
+    def _send(self, method: str, *args, **kwargs) -> None:
+        """Call a client method; offline it only logs. A failure takes the viewer offline."""
+        try:
+            getattr(self.client, method)(*args, **kwargs)
+        except (OSError, ValueError):
+            self.client.offline = True
+            self.lost_at = time.monotonic()
+            print(f"Visdom server at {self.server} stopped answering: saving PNGs, will try again later")
+
+    def show(self, epoch: int, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict]) -> None:
+        """Write each grid (name → (uint8 image, title)) as PNG, then send it and the loss plot."""
+        save_pngs(self.out, grids)
+        if self.client is None:
+            return
+        if self.server and self.client.offline and time.monotonic() - self.lost_at >= self.retry_seconds:
+            if self._probe():
+                print(f"Visdom server at {self.server} answers again: sending the windows there")
+        for name, (image, title) in grids.items():
+            self._send("image", image.numpy(), win=name, opts=dict(title=title, caption=f"epoch {epoch}"))
+        self._send(
+            "line",
+            np.array([[row["train_loss"], row["test_loss"]] for row in history]),
+            np.array([[row["epoch"]] * 2 for row in history]),
+            win="loss",
+            opts=dict(title="loss per image (train, test)", legend=["train", "test"],
+                      xlabel="epoch", ylabel="loss per image"),
+        )
+
+
+@torch.inference_mode()
+def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int) -> dict[str, tuple[torch.Tensor, str]]:
+    """The windows a run shows, name → (uint8 grid, title), from fixed test images and fixed z ~ N(0, I)."""
+    mu, logvar = model.encode(images)
+    decode = lambda codes: torch.sigmoid(model.decode(codes).float())  # noqa: E731
+    shown = {
+        "originals": (grid(images, nrow), "test images (the same every epoch)"),
+        "reconstructions": (grid(decode(mu), nrow), f"reconstructions (decoded from the mean code), epoch {epoch}"),
+        "samples": (grid(decode(z), nrow), f"samples: decoded z ~ N(0, I), the same z every epoch, epoch {epoch}"),
+    }
+    steps = 10
+    if model.latent_dim == 2:
+        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, steps)).to(z.device)
+        codes = torch.cartesian_prod(quantiles.flip(0), quantiles)[:, [1, 0]]
+        shown["manifold"] = (grid(decode(codes), steps), f"2-D latent manifold at the prior's 5%..95% quantiles, epoch {epoch}")
+    else:
+        # The dimensions the encoder uses most (largest KL), each swept from -3 to 3 around the first image's code.
+        usage = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+        dims = usage.argsort(descending=True)[: min(10, model.latent_dim)]
+        values = torch.linspace(-3.0, 3.0, steps, device=z.device)
+        codes = mu[0].repeat(len(dims), steps, 1)
+        for row, dim in enumerate(dims):
+            codes[row, :, dim] = values
+        shown["traversal"] = (grid(decode(codes.reshape(-1, model.latent_dim)), steps),
+                              f"latent traversal: the {len(dims)} most used dimensions, -3..3, epoch {epoch}")
+    pairs = min(4, images.shape[0] // 2)
+    weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
+    start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]
+    codes = (1 - weights) * start + weights * end
+    shown["interpolation"] = (grid(decode(codes.reshape(-1, model.latent_dim)), steps),
+                              f"interpolation between test images' codes, epoch {epoch}")
+    return shown
