@@ -363,7 +363,7 @@ def main(argv: list[str]) -> int:
             print(f"epoch {epoch}/{args.epochs}: train {train_loss:.2f}, test {row['test_loss']:.2f} "
                   f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image, "
                   f"{train_seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
-            viewer.show(epoch, figures(model.eval(), fixed_images, fixed_z, epoch, nrow), history)
+            viewer.show(figures(model.eval(), fixed_images, fixed_z, epoch, nrow), history)
     except KeyboardInterrupt:
         if epoch > 1:
             print(f"\ninterrupted in epoch {epoch}; {checkpoint_path} holds epoch {epoch - 1}. "

@@ -102,7 +102,7 @@ class Viewer:
             self.lost_at = time.monotonic()
             print(f"Visdom server at {self.server} stopped answering: saving PNGs, will try again later")
 
-    def show(self, epoch: int, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict]) -> None:
+    def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict]) -> None:
         """Write each grid (name → (uint8 image, title)) as PNG, then send it and the loss plot."""
         save_pngs(self.out, grids)
         if self.client is None:
@@ -111,13 +111,13 @@ class Viewer:
             if self._probe():
                 print(f"Visdom server at {self.server} answers again: sending the windows there")
         for name, (image, title) in grids.items():
-            self._send("image", image.numpy(), win=name, opts=dict(title=title, caption=f"epoch {epoch}"))
+            self._send("image", image.numpy(), win=name, opts=dict(title=title))
         self._send(
             "line",
             np.array([[row["train_loss"], row["test_loss"]] for row in history]),
             np.array([[row["epoch"]] * 2 for row in history]),
             win="loss",
-            opts=dict(title="loss per image (train, test)", legend=["train", "test"],
+            opts=dict(title="loss per image", legend=["train", "test"],
                       xlabel="epoch", ylabel="loss per image"),
         )
 
@@ -128,15 +128,15 @@ def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int)
     mu, logvar = model.encode(images)
     decode = lambda codes: torch.sigmoid(model.decode(codes).float())  # noqa: E731
     shown = {
-        "originals": (grid(images, nrow), "test images (the same every epoch)"),
-        "reconstructions": (grid(decode(mu), nrow), f"reconstructions (decoded from the mean code), epoch {epoch}"),
-        "samples": (grid(decode(z), nrow), f"samples: decoded z ~ N(0, I), the same z every epoch, epoch {epoch}"),
+        "originals": (grid(images, nrow), "test images (fixed)"),
+        "reconstructions": (grid(decode(mu), nrow), f"reconstructions, epoch {epoch}"),
+        "samples": (grid(decode(z), nrow), f"samples from fixed z ~ N(0, I), epoch {epoch}"),
     }
     steps = 10
     if model.latent_dim == 2:
         quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, steps)).to(z.device)
         codes = torch.cartesian_prod(quantiles.flip(0), quantiles)[:, [1, 0]]
-        shown["manifold"] = (grid(decode(codes), steps), f"2-D latent manifold at the prior's 5%..95% quantiles, epoch {epoch}")
+        shown["manifold"] = (grid(decode(codes), steps), f"latent manifold (prior quantiles), epoch {epoch}")
     else:
         # The dimensions the encoder uses most (largest KL), each swept from -3 to 3 around the first image's code.
         usage = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
@@ -146,11 +146,11 @@ def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int)
         for row, dim in enumerate(dims):
             codes[row, :, dim] = values
         shown["traversal"] = (grid(decode(codes.reshape(-1, model.latent_dim)), steps),
-                              f"latent traversal: the {len(dims)} most used dimensions, -3..3, epoch {epoch}")
+                              f"traversal: {len(dims)} most used dims, -3..3, epoch {epoch}")
     pairs = min(4, images.shape[0] // 2)
     weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
     start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]
     codes = (1 - weights) * start + weights * end
     shown["interpolation"] = (grid(decode(codes.reshape(-1, model.latent_dim)), steps),
-                              f"interpolation between test images' codes, epoch {epoch}")
+                              f"interpolations, epoch {epoch}")
     return shown

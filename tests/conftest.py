@@ -1,0 +1,146 @@
+"""Fixtures: tiny MNIST-format files, a real Visdom server on 127.0.0.1, and a way to run main.py."""
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+N_TRAIN, N_TEST = 512, 128
+# Any download attempt goes to a closed loopback port: tests never send traffic off this machine.
+OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file: magic (0, 0, unsigned byte, ndim), big-endian dimensions, then the data."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten classes of 28x28 strokes (bars and rings at class-dependent places), with noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    yy, xx = np.mgrid[:28, :28]
+    images = np.zeros((n, 28, 28))
+    for i, label in enumerate(labels):
+        cy, cx = 14 + rng.normal(0, 1.5, 2)
+        radius = 4 + label % 5 + rng.normal(0, 0.5)
+        ring = np.abs(np.hypot(yy - cy, xx - cx) - radius) < 1.5
+        bar = (np.abs(xx - cx - (label - 5)) < 1.5) & (np.abs(yy - cy) < 9) if label >= 5 else 0
+        images[i] = np.clip((ring | bar) * 255 * rng.uniform(0.7, 1.0), 0, 255)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_mnist(raw: Path, gz: bool = False) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", N_TRAIN, 0), ("t10k", N_TEST, 1)):
+        images, labels = synthetic_digits(n, seed)
+        for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(array)
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (raw / name).write_bytes(data)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A --data-dir holding tiny MNIST files, read by torchvision's own loader."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root / "MNIST" / "raw")
+    return root
+
+
+@pytest.fixture
+def fresh_data_dir(tmp_path) -> Path:
+    """A private copy of the tiny MNIST files, for tests that damage them."""
+    root = tmp_path / "data"
+    write_mnist(root / "MNIST" / "raw")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VisdomServer:
+    """`python -m visdom.server` on 127.0.0.1 and a free port, in its own env folder."""
+
+    def __init__(self, env_path: Path, port: int | None = None) -> None:
+        self.env_path, self.port, self.process = env_path, port or free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import visdom
+
+        built = Path(visdom.__file__).parent / "static" / "version.built"
+        if not built.exists():
+            pytest.fail("Visdom's assets are not in place: run `python tools/visdom_assets.py` (README, Set up)")
+        self.log = open(self.env_path / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "visdom.server", "-port", str(self.port), "-bind_local",
+             "-env_path", str(self.env_path)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the Visdom server exited: {(self.env_path / 'server.log').read_text()[-2000:]}")
+            try:
+                urllib.request.build_opener(urllib.request.ProxyHandler({})).open(self.url, timeout=2)
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail("the Visdom server did not answer within 60 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process:
+            self.log.close()
+
+    def client(self, env: str = "main"):
+        from visdom import Visdom
+
+        return Visdom(server="http://127.0.0.1", port=self.port, env=env, use_incoming_socket=False, raise_exceptions=True)
+
+
+@pytest.fixture
+def visdom_server(tmp_path):
+    server = VisdomServer(tmp_path / "visdom_env")
+    server.env_path.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_main(*args: str, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    """Run main.py in a subprocess with a loopback-only network, returning its output."""
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
