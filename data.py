@@ -43,7 +43,7 @@ def _download(dataset: str, root: Path) -> None:
         names = ", ".join(file_names(dataset))
         raise DataError(
             f"{dataset} is not in {folder} and downloading it failed ({type(error).__name__}): "
-            f"put {names} (or the same with .gz) in that folder, or pass --data-dir DIR where "
+            f"put {names} (or the original .gz files) in that folder, or pass --data-dir DIR where "
             f"DIR/{folder.parent.name}/raw holds them"
         ) from None
 

@@ -341,6 +341,7 @@ def main(argv: list[str]) -> int:
           f"VAE {hidden} {args.activation}, {args.likelihood} likelihood, binarize {args.binarize}, beta {args.beta}, "
           f"epochs {epoch + 1}..{args.epochs}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}")
 
+    saved_epoch = epoch
     start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     try:
         while epoch < args.epochs:
@@ -359,20 +360,21 @@ def main(argv: list[str]) -> int:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "args": vars(args), "rng": rng_state(device), "history": history,
             })
+            saved_epoch = epoch
             append_metrics(metrics_path, row)
             print(f"epoch {epoch}/{args.epochs}: train {train_loss:.2f}, test {row['test_loss']:.2f} "
                   f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image, "
                   f"{train_seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
             viewer.show(figures(model.eval(), fixed_images, fixed_z, epoch, nrow), history)
     except KeyboardInterrupt:
-        if epoch > 1:
-            print(f"\ninterrupted in epoch {epoch}; {checkpoint_path} holds epoch {epoch - 1}. "
+        if saved_epoch:
+            print(f"\ninterrupted in epoch {epoch}; {checkpoint_path} holds epoch {saved_epoch}. "
                   f"Resume with: python main.py --resume {checkpoint_path}")
         else:
             print("\ninterrupted in the first epoch; nothing was saved yet")
         return 130
     except NonFiniteLoss as error:
-        kept = f"{checkpoint_path} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+        kept = f"{checkpoint_path} keeps epoch {saved_epoch}" if saved_epoch else "no checkpoint was written"
         print(f"error: {error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size", file=sys.stderr)
         return 1
 

@@ -1,0 +1,89 @@
+"""main.py end to end on tiny MNIST files read through torchvision: metrics, checkpoints, resume, errors."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT, run_main
+
+TIMINGS = set(main.TIMING_KEYS)
+QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    rows = metrics(out)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for row in rows:
+        for key in ("train_loss", "test_loss", "test_recon", "test_kl", "epoch_seconds", "train_images_per_second"):
+            assert math.isfinite(row[key]), key
+        assert row["test_loss"] == pytest.approx(row["test_recon"] + row["test_kl"])
+    assert rows[1]["test_loss"] < rows[0]["test_loss"]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["args"]["latent_dim"] == 10
+    for name in ("originals", "reconstructions", "samples", "traversal", "interpolation"):
+        assert (out / f"{name}.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and f"run folder {out}" in printed
+
+
+def test_same_seed_gives_the_same_metrics(data_dir, tmp_path):
+    for name in ("a", "b"):
+        assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / name), "--seed", "3"]) == 0
+    assert without_timings(metrics(tmp_path / "a")) == without_timings(metrics(tmp_path / "b"))
+    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / "c"), "--seed", "4"]) == 0
+    assert without_timings(metrics(tmp_path / "a")) != without_timings(metrics(tmp_path / "c"))
+
+
+def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(data_dir, tmp_path):
+    flags = ["--batch-size", "64", "--no-visdom", "--data-dir", str(data_dir), "--binarize", "dynamic"]
+    assert main.main([*flags, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert main.main([*flags, "--epochs", "1", "--out", str(tmp_path / "parts")]) == 0
+    assert main.main(["--resume", str(tmp_path / "parts" / "checkpoint.pt"), "--epochs", "3"]) == 0
+    assert without_timings(metrics(tmp_path / "parts")) == without_timings(metrics(tmp_path / "whole"))
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--epochs", "1000", "--no-visdom", "--batch-size", "8",
+         "--data-dir", str(data_dir), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() or len(metrics(out)) < 2:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
+    assert f"holds epoch {saved}" in stdout and f"--resume {out / 'checkpoint.pt'}" in stdout
+    assert "Traceback" not in stderr
+    assert [row["epoch"] for row in metrics(out)] == list(range(1, saved + 1))
+
+
+def test_missing_data_without_network_is_one_clear_error(tmp_path):
+    result = run_main("--data-dir", str(tmp_path / "empty"), "--no-visdom", "--out", str(tmp_path / "run"), timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert name in error[0]
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in error[0]
+
