@@ -111,7 +111,8 @@ class Viewer:
             if self._probe():
                 print(f"Visdom server at {self.server} answers again: sending the windows there")
         for name, (image, title) in grids.items():
-            self._send("image", image.numpy(), win=name, opts=dict(title=title))
+            height, width = image.shape[1:]  # pane size: the image plus the title bar
+            self._send("image", image.numpy(), win=name, opts=dict(title=title, width=width + 20, height=height + 60))
         self._send(
             "line",
             np.array([[row["train_loss"], row["test_loss"]] for row in history]),

@@ -1,0 +1,134 @@
+"""Viewing against real Visdom servers on 127.0.0.1: windows, a lost server, a hung server, log replay."""
+
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from PIL import Image
+
+import main
+from conftest import OFFLINE_ENV, ROOT, VisdomServer, free_port, run_main
+
+WINDOWS = ("originals", "reconstructions", "samples", "traversal", "interpolation")
+
+
+def windows(server: VisdomServer, env: str) -> dict:
+    return json.loads(server.client(env).get_window_data(env=env))
+
+
+def image_size(window: dict) -> tuple[int, int]:
+    source = window["content"]["src"]
+    return Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).size
+
+
+def check_windows(shown: dict, epochs: int, num_images: int = 16) -> None:
+    side = 2 + int(num_images**0.5) * 30  # make_grid: 28-pixel images with 2-pixel padding
+    for name in ("originals", "reconstructions", "samples"):
+        assert image_size(shown[name]) == (side, side), name
+    assert image_size(shown["traversal"]) == (2 + 10 * 30, 2 + 10 * 30)
+    assert shown["originals"]["title"] == "test images (fixed)"
+    assert shown["reconstructions"]["title"] == f"reconstructions, epoch {epochs}"
+    lines = {trace["name"]: trace for trace in shown["loss"]["content"]["data"]}
+    assert lines["train"]["x"] == lines["test"]["x"] == list(range(1, epochs + 1))
+
+
+def visdom_flags(server: VisdomServer, env: str) -> list[str]:
+    return ["--visdom-server", "http://127.0.0.1", "--visdom-port", str(server.port), "--visdom-env", env]
+
+
+def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
+    out = tmp_path / "run"
+    code = main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
+                      "--out", str(out), *visdom_flags(visdom_server, "e2e")])
+    assert code == 0
+    check_windows(windows(visdom_server, "e2e"), epochs=2)
+    # A resumed run continues the plot; a new run in the same env starts it afresh.
+    assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3"]) == 0
+    check_windows(windows(visdom_server, "e2e"), epochs=3)
+    assert main.main(["--epochs", "1", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
+                      "--out", str(tmp_path / "new"), *visdom_flags(visdom_server, "e2e")]) == 0
+    check_windows(windows(visdom_server, "e2e"), epochs=1)
+
+
+def test_no_server_trains_and_writes_pngs(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_main("--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir), "--out", str(out),
+                      "--visdom-server", "http://127.0.0.1", "--visdom-port", str(free_port()), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "No Visdom server answers" in result.stdout and "python -m visdom.server" in result.stdout
+    assert all((out / f"{name}.png").exists() for name in WINDOWS)
+    assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_never_answers_does_not_stall_training(data_dir, tmp_path):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        out = tmp_path / "run"
+        result = run_main("--epochs", "3", "--batch-size", "64", "--data-dir", str(data_dir), "--out", str(out),
+                          "--visdom-server", "http://127.0.0.1", "--visdom-port", str(silent.getsockname()[1]),
+                          "--visdom-timeout", "1", "--visdom-retry", "0", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "No Visdom server answers" in result.stdout
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert all((out / f"{name}.png").exists() for name in WINDOWS)
+
+
+def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
+    log = tmp_path / "visdom.log"
+    assert main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
+                      "--out", str(tmp_path / "run"), "--no-visdom", "--visdom-env", "replayed", "--visdom-log", str(log)]) == 0
+    assert windows(visdom_server, "replayed") == {}
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "replay_visdom_log.py"), str(log),
+                             "--server", "http://127.0.0.1", "--port", str(visdom_server.port)],
+                            capture_output=True, text=True, timeout=60, env={**OFFLINE_ENV, "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    check_windows(windows(visdom_server, "replayed"), epochs=2)
+
+
+def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path):
+    server = VisdomServer(tmp_path / "env")
+    server.env_path.mkdir()
+    server.start()
+    out = tmp_path / "run"
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--epochs", "100000", "--batch-size", "32", "--num-images", "16",
+         "--data-dir", str(data_dir), "--out", str(out), *visdom_flags(server, "restart"), "--visdom-retry", "0",
+         "--visdom-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**OFFLINE_ENV, "PATH": ""})
+
+    def epochs_done() -> int:
+        path = out / "metrics.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def wait_for(condition, what: str) -> None:
+        deadline = time.monotonic() + 120
+        while not condition():
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    try:
+        wait_for(lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"), "the first windows")
+        server.stop()
+        killed_at = epochs_done()
+        wait_for(lambda: epochs_done() >= killed_at + 3, "training to go on without the server")
+        (out / "reconstructions.png").unlink()
+        wait_for(lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down")
+        server = VisdomServer(tmp_path / "env2", port=server.port)  # a new server, empty, on the same port
+        server.env_path.mkdir()
+        server.start()
+        wait_for(lambda: "loss" in windows(server, "restart"), "the windows to come back")
+        shown = windows(server, "restart")
+        assert set(WINDOWS) <= set(shown)
+        assert int(shown["reconstructions"]["title"].split()[-1]) > killed_at + 3
+    finally:
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=60)
+        server.stop()
+    assert "stopped answering" in stdout and "answers again" in stdout
+    assert "Traceback" not in stderr
