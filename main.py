@@ -49,8 +49,15 @@ def hidden_sizes(text: str) -> list[int]:
     return sizes
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is 30 lines long; --help prints it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see python main.py --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--epochs", type=positive(int), default=10, help="total epochs to train (default: %(default)s)")
     a("--batch-size", type=positive(int), default=128, help="images per step (default: %(default)s)")
