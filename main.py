@@ -221,14 +221,17 @@ class NonFiniteLoss(Exception):
 
 
 def train_epoch(model, step_model, optimizer, pixels, args, epoch: int, device: torch.device) -> float:
-    """One pass over the shuffled training set; returns the mean loss per image."""
+    """One pass over the shuffled training set; returns the mean loss per image.
+
+    No host sync per step: each step's loss goes into a tensor on the device, which the host
+    reads every `report_every` steps for the progress bar and the check for a non-finite loss.
+    """
     model.train()
     n = pixels.shape[0]
     order = torch.randperm(n, device=device)
-    loss_sum = torch.zeros((), device=device)
-    first_bad_step = torch.full((), -1, device=device)
     steps = math.ceil(n / args.batch_size)
-    report_every = 50
+    losses = torch.empty(steps, device=device)
+    report_every, checked = 50, 0
     with tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=None, leave=False) as bar:
         for step in range(steps):
             x = pixels[order[step * args.batch_size : (step + 1) * args.batch_size]]
@@ -240,15 +243,18 @@ def train_epoch(model, step_model, optimizer, pixels, args, epoch: int, device: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss = loss.detach()
-            loss_sum += loss * x.shape[0]
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+            losses[step] = loss.detach()
             if (step + 1) % report_every == 0 or step + 1 == steps:
-                if first_bad_step.item() >= 0:  # one host sync per report_every steps
-                    raise NonFiniteLoss(f"the loss became non-finite at epoch {epoch}, step {first_bad_step.item() + 1} of {steps}")
-                bar.set_postfix(loss=f"{loss_sum.item() / min(n, (step + 1) * args.batch_size):.2f}", refresh=False)
-                bar.update(step + 1 - bar.n)
-    return loss_sum.item() / n
+                recent = losses[checked : step + 1]
+                finite = torch.isfinite(recent)
+                if not finite.all():
+                    first = checked + int((~finite).nonzero()[0])
+                    raise NonFiniteLoss(f"the loss became non-finite at epoch {epoch}, step {first + 1} of {steps}")
+                bar.set_postfix(loss=f"{recent.mean().item():.2f}", refresh=False)
+                bar.update(step + 1 - checked)
+                checked = step + 1
+    last = n - (steps - 1) * args.batch_size  # images in the last, possibly smaller, batch
+    return ((losses[:-1].sum() * args.batch_size + losses[-1] * last) / n).item()
 
 
 @torch.inference_mode()
@@ -296,7 +302,7 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
 
     model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, foreach=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model"])

@@ -63,8 +63,10 @@ def install(static: Path) -> None:
 
     npm = shutil.which("npm")
     if npm is None:
-        sys.exit("error: npm is not installed: install Node.js (it brings npm), or start "
-                 "`python -m visdom.server` once with internet so that it downloads its assets itself")
+        print("npm is not installed, so the Visdom assets were not put in place: with internet, "
+              "`python -m visdom.server` downloads them itself at its first start; without, install Node.js "
+              "(it brings npm) and run this again")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run([npm, "pack", "--silent", *ASSETS], cwd=tmp, capture_output=True, text=True)
         if result.returncode != 0:

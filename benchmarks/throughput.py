@@ -1,0 +1,182 @@
+"""Training throughput of main.py's loop against the common DataLoader pipeline, a FLOP bound, and time to quality.
+
+    python benchmarks/throughput.py --data-dir ../shared/data
+
+(a) the project's loop (main.train_epoch: the split held as one tensor on the device, shuffled by
+index); (b) the common pipeline: torchvision MNIST with transforms.ToTensor() through a shuffling
+DataLoader, the same model, optimizer and batch size. Images per second over whole epochs, after a
+warm-up. Real MNIST when --data-dir has it, otherwise synthetic data of MNIST's size.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import main  # noqa: E402
+from data import load_images, raw_folder, to_pixels  # noqa: E402
+from vae import VAE, negative_elbo  # noqa: E402
+
+
+def synthetic_mnist(root: Path) -> None:
+    """Random 28x28 uint8 images in MNIST's IDX files and sizes (60,000 train, 10,000 test)."""
+    rng = np.random.default_rng(0)
+    folder = raw_folder("mnist", root)
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", 60_000), ("t10k", 10_000)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        labels = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + rng.integers(0, 10, n, dtype=np.uint8).tobytes()
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
+
+
+def fresh(args, device):
+    torch.manual_seed(0)
+    model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+
+
+def project_loop(args, device, pixels, epochs: int) -> float:
+    """Images per second of main.train_epoch over `epochs` whole epochs, after one warm-up epoch."""
+    model, optimizer = fresh(args, device)
+    main.train_epoch(model, model, optimizer, pixels, args, 0, device)
+    sync(device)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        main.train_epoch(model, model, optimizer, pixels, args, epoch, device)
+    sync(device)
+    return epochs * pixels.shape[0] / (time.perf_counter() - start)
+
+
+def dataloader_loop(args, device, root: Path, epochs: int, warmup_steps: int = 100) -> float:
+    """Images per second of the usual tutorial loop over `epochs` whole epochs, after a warm-up."""
+    model, optimizer = fresh(args, device)
+    dataset = datasets.MNIST(str(root), train=True, transform=transforms.ToTensor())
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
+
+    def step(x):
+        x = x.to(device).view(-1, 784)
+        logits, mu, logvar = model(x)
+        loss = negative_elbo(logits, x, mu, logvar, args.beta, args.likelihood)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item() * x.shape[0]
+
+    for i, (x, _) in enumerate(loader):
+        if i == warmup_steps:
+            break
+        step(x)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        total = sum(step(x) for x, _ in loader)
+    assert np.isfinite(total)
+    return epochs * len(dataset) / (time.perf_counter() - start)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, float]:
+    """(FLOPs per image for forward and backward, matmul FLOP/s sustained at the model's sizes)."""
+    model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # forward: x@W for every layer; backward: the weight gradient for every layer and the input
+    # gradient for every layer but the first (the images need none).
+    macs = sum(l.in_features * l.out_features for l in layers)
+    flops = 2 * (2 * macs + macs - layers[0].in_features * layers[0].out_features)
+    operands = []
+    for l in layers:
+        x = torch.randn(batch, l.in_features, device=device)
+        w = torch.randn(l.in_features, l.out_features, device=device)
+        g = torch.randn(batch, l.out_features, device=device)
+        operands.append((x, w, g, l is layers[0]))
+
+    def gemms():
+        for x, w, g, first in operands:
+            x @ w
+            x.T @ g
+            if not first:
+                g @ w.T
+
+    for _ in range(20):
+        gemms()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        gemms()
+    sync(device)
+    return flops, repeats * batch * flops / (time.perf_counter() - start)
+
+
+def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
+    """Wall seconds (training and evaluation) until the test loss first falls below `target`."""
+    model, optimizer = fresh(args, device)
+    torch.manual_seed(args.seed)
+    start, epoch, loss = time.perf_counter(), 0, float("inf")
+    while time.perf_counter() - start < limit:
+        epoch += 1
+        main.train_epoch(model, model, optimizer, train, args, epoch, device)
+        loss = main.evaluate(model, test, args)["test_loss"]
+        if loss < target:
+            return time.perf_counter() - start, epoch, loss
+    return None, epoch, loss
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="./data", help="folder with MNIST/raw (default: %(default)s)")
+    parser.add_argument("--batch-sizes", default=f"32,{main.build_parser().get_default('batch_size')}",
+                        help="batch sizes to compare (default: %(default)s: the tutorial's and the project's)")
+    parser.add_argument("--epochs", type=int, default=2, help="measured epochs of the project's loop (default: %(default)s)")
+    parser.add_argument("--dataloader-epochs", type=int, default=1, help="measured epochs of the DataLoader loop (default: %(default)s)")
+    parser.add_argument("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
+    options = parser.parse_args()
+
+    args = main.build_parser().parse_args([])  # the project's defaults
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    root = Path(options.data_dir)
+    real = all((raw_folder("mnist", root) / name).exists() for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
+    tmp = tempfile.TemporaryDirectory()
+    if not real:
+        root = Path(tmp.name)
+        synthetic_mnist(root)
+    print(f"data: {'real MNIST from ' + str(options.data_dir) if real else 'synthetic, MNIST-sized (no MNIST in ' + str(options.data_dir) + ')'}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, "
+          f"Adam (fused), lr {args.lr}")
+    print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}")
+    for device in devices:
+        train = to_pixels(load_images("mnist", root, True), device)
+        for batch in map(int, options.batch_sizes.split(",")):
+            args.batch_size = batch
+            ours = project_loop(args, device, train, options.epochs)
+            theirs = dataloader_loop(args, device, root, options.dataloader_epochs)
+            print(f"{device.type:<7}{batch:>6}{ours:>15,.0f}{theirs:>18,.0f}{ours / theirs:>6.1f}x", flush=True)
+            if batch == main.build_parser().get_default("batch_size"):
+                flops, rate = flop_bound(args, device, batch)
+                print(f"{'':13}FLOP bound at batch {batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward), "
+                      f"torch.matmul sustains {rate / 1e9:.0f} GFLOP/s at the model's sizes -> {rate / flops:,.0f} img/s; "
+                      f"the loop reaches {ours * flops / rate:.0%} of it", flush=True)
+        args.batch_size = main.build_parser().get_default("batch_size")
+        if real:
+            test = to_pixels(load_images("mnist", root, False), device)
+            seconds, epochs, loss = time_to_quality(args, device, train, test, options.target, limit=120)
+            print(f"{device.type}: time to quality with the defaults: test loss {loss:.2f} < {options.target} after "
+                  f"{epochs} epochs, {seconds:.1f} s of training and evaluation" if seconds is not None else
+                  f"{device.type}: test loss {loss:.2f} still above {options.target} after {epochs} epochs (120 s)")
+        else:
+            print("time to quality: needs real MNIST (--data-dir)")
+
+
+if __name__ == "__main__":
+    run()
