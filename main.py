@@ -59,7 +59,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--epochs", type=positive(int), default=10, help="total epochs to train (default: %(default)s)")
+    a("--epochs", type=positive(int), default=20, help="total epochs to train (default: %(default)s)")
     a("--batch-size", type=positive(int), default=128, help="images per step (default: %(default)s)")
     a("--lr", type=positive(float), default=2e-3, help="Adam learning rate (default: %(default)s)")
     a("--latent-dim", type=positive(int), default=10, help="latent dimensions (default: %(default)s)")

@@ -9,6 +9,7 @@ warm-up. Real MNIST when --data-dir has it, otherwise synthetic data of MNIST's 
 """
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -140,6 +141,7 @@ def run() -> None:
                         help="batch sizes to compare (default: %(default)s: the tutorial's and the project's)")
     parser.add_argument("--epochs", type=int, default=2, help="measured epochs of the project's loop (default: %(default)s)")
     parser.add_argument("--dataloader-epochs", type=int, default=1, help="measured epochs of the DataLoader loop (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians are printed (default: %(default)s)")
     parser.add_argument("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
     options = parser.parse_args()
 
@@ -154,29 +156,34 @@ def run() -> None:
     print(f"data: {'real MNIST from ' + str(options.data_dir) if real else 'synthetic, MNIST-sized (no MNIST in ' + str(options.data_dir) + ')'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, "
           f"Adam (fused), lr {args.lr}")
-    print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}")
+    print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}   (medians of {options.rounds} interleaved rounds)")
+    default_batch = main.build_parser().get_default("batch_size")
     for device in devices:
         train = to_pixels(load_images("mnist", root, True), device)
         for batch in map(int, options.batch_sizes.split(",")):
             args.batch_size = batch
-            ours = project_loop(args, device, train, options.epochs)
-            theirs = dataloader_loop(args, device, root, options.dataloader_epochs)
-            print(f"{device.type:<7}{batch:>6}{ours:>15,.0f}{theirs:>18,.0f}{ours / theirs:>6.1f}x", flush=True)
-            if batch == main.build_parser().get_default("batch_size"):
+            ours, theirs = [], []
+            for _ in range(options.rounds):  # interleaved, so that a slow spell of a shared machine hits both
+                ours.append(project_loop(args, device, train, options.epochs))
+                theirs.append(dataloader_loop(args, device, root, options.dataloader_epochs))
+            ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
+            print(f"{device.type:<7}{batch:>6}{ours_median:>15,.0f}{theirs_median:>18,.0f}{ours_median / theirs_median:>6.1f}x"
+                  f"   (project {min(ours):,.0f}..{max(ours):,.0f}, DataLoader {min(theirs):,.0f}..{max(theirs):,.0f})", flush=True)
+            if batch == default_batch:
                 flops, rate = flop_bound(args, device, batch)
-                print(f"{'':13}FLOP bound at batch {batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward), "
+                print(f"{'':13}FLOP bound at batch {batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward); "
                       f"torch.matmul sustains {rate / 1e9:.0f} GFLOP/s at the model's sizes -> {rate / flops:,.0f} img/s; "
-                      f"the loop reaches {ours * flops / rate:.0%} of it", flush=True)
-        args.batch_size = main.build_parser().get_default("batch_size")
-        if real:
-            test = to_pixels(load_images("mnist", root, False), device)
+                      f"the loop reaches {ours_median * flops / rate:.0%} of it", flush=True)
+        args.batch_size = default_batch
+        if not real:
+            print("time to quality: needs real MNIST (--data-dir)")
+            continue
+        test = to_pixels(load_images("mnist", root, False), device)
+        for _ in range(options.rounds):
             seconds, epochs, loss = time_to_quality(args, device, train, test, options.target, limit=120)
             print(f"{device.type}: time to quality with the defaults: test loss {loss:.2f} < {options.target} after "
                   f"{epochs} epochs, {seconds:.1f} s of training and evaluation" if seconds is not None else
-                  f"{device.type}: test loss {loss:.2f} still above {options.target} after {epochs} epochs (120 s)")
-        else:
-            print("time to quality: needs real MNIST (--data-dir)")
-
+                  f"{device.type}: test loss {loss:.2f} still above {options.target} after {epochs} epochs (120 s)", flush=True)
 
 if __name__ == "__main__":
     run()

@@ -1,0 +1,75 @@
+"""Open a Visdom page in headless Chromium (Debian's chromium and chromium-driver) and save a screenshot.
+
+    python tools/screenshot_visdom.py http://localhost:8097/env/main docs/visdom.png
+
+tests/test_browser.py drives the browser through the same functions.
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1600,1100"]
+# Every pane's text (title included), its loaded images' pixel sizes, and its plot traces (name, x).
+PANES = """return Array.from(document.querySelectorAll('.react-grid-item')).map(pane => ({
+    text: pane.innerText,
+    images: Array.from(pane.querySelectorAll('img')).filter(i => i.complete).map(i => [i.naturalWidth, i.naturalHeight]),
+    traces: Array.from(pane.querySelectorAll('.js-plotly-plot')).flatMap(p => p.data.map(t => [t.name, Array.from(t.x)])),
+}))"""
+
+
+def chromium(profile_dir: str):
+    """A headless Chromium driven by chromedriver, both from PATH; RuntimeError if they cannot start."""
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        raise RuntimeError("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in [*CHROME_FLAGS, f"--user-data-dir={profile_dir}"]:
+        options.add_argument(flag)
+    try:  # explicit paths: Selenium Manager would otherwise try to download a driver
+        return webdriver.Chrome(service=Service(driver_path), options=options)
+    except WebDriverException as error:
+        raise RuntimeError(f"Chromium could not be started: {error.msg}") from None
+
+
+def wait_for_panes(driver, ready, seconds: float = 30) -> list[dict]:
+    """Poll the page's panes until ready(panes) or the time is up; then let the layout settle."""
+    deadline = time.monotonic() + seconds
+    while not ready(panes := driver.execute_script(PANES)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    return driver.execute_script(PANES)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", help="the Visdom page, e.g. http://localhost:8097/env/main")
+    parser.add_argument("png", help="where to write the screenshot")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as profile:
+        try:
+            driver = chromium(profile)
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        try:
+            driver.get(args.url)
+            panes = wait_for_panes(driver, lambda panes: len(panes) >= 6 and all(p["images"] or p["traces"] for p in panes))
+            driver.save_screenshot(args.png)
+        finally:
+            driver.quit()
+    print(f"{len(panes)} panes; screenshot in {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
