@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import DATASETS, DataError, load_images, to_pixels
+from data import DATASETS, TEST_BINARIZATION_SEED, DataError, load_images, to_pixels
 from vae import ACTIVATIONS, GAUSSIAN_VARIANCE, LIKELIHOODS, VAE, importance_weighted_log_likelihood, kl_divergence, negative_elbo, reconstruction_loss, reparameterize
 from viewer import Viewer, figures, save_pngs
 
@@ -315,7 +315,7 @@ def main(argv: list[str]) -> int:
             group["lr"] = args.lr
     try:
         test = to_pixels(load_images(args.dataset, args.data_dir, train=False), device,
-                         "none" if args.binarize == "none" else "static", seed=args.seed + 1)
+                         "none" if args.binarize == "none" else "static", seed=TEST_BINARIZATION_SEED)
         train = None
         if not (args.evaluate or args.generate):
             train = to_pixels(load_images(args.dataset, args.data_dir, train=True), device, args.binarize, seed=args.seed)

@@ -77,13 +77,60 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
     assert [row["epoch"] for row in metrics(out)] == list(range(1, saved + 1))
 
 
-def test_missing_data_without_network_is_one_clear_error(tmp_path):
-    result = run_main("--data-dir", str(tmp_path / "empty"), "--no-visdom", "--out", str(tmp_path / "run"), timeout=120)
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_missing_data_without_network_is_one_clear_error(tmp_path, dataset, folder):
+    result = run_main("--data-dir", str(tmp_path / "empty"), "--no-visdom", "--out", str(tmp_path / "run"),
+                      "--dataset", dataset, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()
     assert len(error) == 1
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         assert name in error[0]
-    assert str(tmp_path / "empty" / "MNIST" / "raw") in error[0]
+    assert str(tmp_path / "empty" / folder / "raw") in error[0] and dataset in error[0]
 
+
+
+def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--epochs", "1", "--latent-dim", "2", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    for png in out.glob("*.png"):
+        png.unlink()
+    capsys.readouterr()
+    assert main.main(["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "k=20" in printed and "variance 0.5" in printed
+    evaluation = metrics(out)[-1]
+    assert evaluation["evaluation"] == "importance-weighted" and evaluation["k"] == 20 and evaluation["epoch"] == 1
+    # log p(x) >= ELBO in expectation; the gaussian ELBO is -(loss) less the density's constant
+    elbo = -evaluation["test_loss"] - 784 * 0.5 * math.log(math.pi)
+    assert evaluation["test_log_likelihood"] > elbo
+    assert main.main(["--generate", str(out / "checkpoint.pt")]) == 0
+    assert {png.name for png in out.glob("*.png")} == {"originals.png", "reconstructions.png", "samples.png",
+                                                       "manifold.png", "interpolation.png"}
+
+
+def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--likelihood", "bernoulli", "--binarize", "static", "--hidden", "64,32,16",
+                      "--activation", "tanh", "--eval-k", "10", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    rows = metrics(out)
+    assert [row.get("epoch") for row in rows] == [1, 2, 2] and rows[-1]["k"] == 10
+    assert rows[-1]["decoder_variance"] is None and "bernoulli pixels" in capsys.readouterr().out
+    # a bernoulli likelihood of binary pixels is a probability: log p(x) <= 0, and >= the ELBO
+    assert -rows[1]["test_loss"] < rows[-1]["test_log_likelihood"] < 0
+
+
+def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
+    from data import to_pixels
+
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    first = to_pixels(images, torch.device("cpu"), "static", seed=1)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=1))
+    assert not torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=2))
+    grey = to_pixels(images, torch.device("cpu"))
+    assert torch.equal(grey, images.reshape(50, -1) / 255)
+    # the mean of binarized pixels follows the intensities
+    many = torch.stack([to_pixels(images, torch.device("cpu"), "static", seed=s) for s in range(200)]).mean(0)
+    torch.testing.assert_close(many, grey, atol=0.15, rtol=0)
