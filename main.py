@@ -25,15 +25,15 @@ MODEL_FLAGS = ("dataset", "hidden", "latent_dim", "activation", "likelihood", "b
 TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second")
 
 
-def positive(kind):
-    """argparse type: a number of `kind` greater than zero."""
+def positive(kind, allow_zero: bool = False):
+    """argparse type: a finite number of `kind` greater than zero (or not below it, with allow_zero)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        if not (value >= 0 if allow_zero else value > 0) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if allow_zero else 'greater than'} 0, got {text}")
         return value
     return parse
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--binarize", choices=("none", "dynamic", "static"), default="none",
       help="pixels ~ Bernoulli(intensity): each use (dynamic) or once (static); test set once, fixed seed (default: %(default)s)")
     a("--dataset", choices=sorted(DATASETS), default="mnist", help="torchvision dataset (default: %(default)s)")
-    a("--beta", type=float, default=1.0, help="weight of the KL term (default: %(default)s)")
+    a("--beta", type=positive(float, allow_zero=True), default=1.0, help="weight of the KL term (default: %(default)s)")
     a("--seed", type=int, default=0, help="seed for everything random (default: %(default)s)")
     a("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: CUDA, then MPS, then CPU (default: %(default)s)")
     a("--threads", type=positive(int), default=None, help="CPU threads for torch (default: torch's choice)")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--visdom-port", type=positive(int), default=8097, help="Visdom server port (default: %(default)s)")
     a("--visdom-env", default="main", help="Visdom environment, the page opens on main (default: %(default)s)")
     a("--visdom-timeout", type=positive(float), default=2.0, help="seconds before a Visdom request gives up (default: %(default)s)")
-    a("--visdom-retry", type=float, default=30.0, help="seconds before a lost server is tried again, at an epoch's end (default: %(default)s)")
+    a("--visdom-retry", type=positive(float, allow_zero=True), default=30.0, help="seconds before a lost server is tried again, at an epoch's end (default: %(default)s)")
     a("--visdom-log", metavar="FILE", help="also write every Visdom message to FILE, to replay later (see README)")
     return p
 

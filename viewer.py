@@ -33,7 +33,7 @@ class Viewer:
     """Sends windows to Visdom (when reachable) and writes every grid to <out>/<name>.png.
 
     With `log_file`, every message meant for Visdom is also appended to that file (the client's
-    log_to_filename), server or not; `python -m visdom.server` plus `replay.py` shows it later.
+    log_to_filename), server or not; tools/replay_visdom_log.py sends it to a server later.
     """
 
     def __init__(
@@ -89,17 +89,20 @@ class Viewer:
             self.client.get_env_list()
             return True
         except (OSError, ValueError):  # refused, timed out, or not a Visdom answer
-            self.client.offline = True
-            self.lost_at = time.monotonic()
+            self._go_offline()
             return False
+
+    def _go_offline(self) -> None:
+        """Stop sending (the client then only writes its log) until a later probe succeeds."""
+        self.client.offline = True
+        self.lost_at = time.monotonic()
 
     def _send(self, method: str, *args, **kwargs) -> None:
         """Call a client method; offline it only logs. A failure takes the viewer offline."""
         try:
             getattr(self.client, method)(*args, **kwargs)
         except (OSError, ValueError):
-            self.client.offline = True
-            self.lost_at = time.monotonic()
+            self._go_offline()
             print(f"Visdom server at {self.server} stopped answering: saving PNGs, will try again later")
 
     def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict]) -> None:

@@ -148,6 +148,7 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, capsys, cont
     (["--lr", "0"], "--lr: must be greater than 0"),
     (["--lr", "-0.1"], "--lr: must be greater than 0"),
     (["--lr", "nan"], "--lr: must be greater than 0"),
+    (["--beta", "-1"], "--beta: must be at least 0"),
     (["--device", "cuda"], "--device cuda: torch finds no CUDA device"),
     (["--out", "/proc/no-such-run"], "--out /proc/no-such-run cannot be written"),
 ])
