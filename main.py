@@ -279,7 +279,7 @@ def log_likelihood(model, pixels, args, k: int, epoch: int) -> dict:
     model.eval()
     generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
     batch, total, start = 100, 0.0, time.perf_counter()
-    for x in tqdm(pixels.split(batch), desc=f"log-likelihood, k={k}", unit="batch", disable=None):
+    for x in tqdm(pixels.split(batch), desc=f"log-likelihood, k={k}", unit="batch", mininterval=5):
         total += importance_weighted_log_likelihood(model, x, k, args.likelihood, chunk=max(1, 50_000 // batch),
                                                     generator=generator).sum().item()
     mean = total / pixels.shape[0]
