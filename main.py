@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: CUDA, then MPS, then CPU (default: %(default)s)")
     a("--threads", type=positive(int), default=None, help="CPU threads for torch (default: torch's choice)")
     a("--compile", action="store_true", help="torch.compile the model (pays off on CUDA; see README)")
-    a("--amp", action="store_true", help="bf16 autocast for the forward pass (CUDA)")
+    a("--amp", action="store_true", help="bf16 autocast for the forward pass (CUDA, or a CPU with bf16 units)")
     a("--data-dir", default="./data", help="folder holding <Dataset>/raw/ (default: %(default)s)")
     a("--out", default=None, help="run folder for checkpoint, metrics and PNGs (default: runs/<timestamp>)")
     a("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint.pt")

@@ -39,22 +39,29 @@ def synthetic_mnist(root: Path) -> None:
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
 
 
-def fresh(args, device):
+ADAMS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"foreach": False}}
+
+
+def fresh(args, device, adam: str = "fused"):
     torch.manual_seed(0)
     model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
-    return model, torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    return model, torch.optim.Adam(model.parameters(), lr=args.lr, **ADAMS[adam])
 
 
-def project_loop(args, device, pixels, epochs: int) -> float:
-    """Images per second of main.train_epoch over `epochs` whole epochs, after one warm-up epoch."""
-    model, optimizer = fresh(args, device)
-    main.train_epoch(model, model, optimizer, pixels, args, 0, device)
+def project_loop(args, device, pixels, epochs: int, adam: str = "fused") -> tuple[float, float]:
+    """(images per second of main.train_epoch over `epochs` whole epochs after one warm-up epoch,
+    seconds of that warm-up epoch, which includes torch.compile's compilation with args.compile)."""
+    model, optimizer = fresh(args, device, adam)
+    step_model = torch.compile(model) if args.compile else model
+    start = time.perf_counter()
+    main.train_epoch(model, step_model, optimizer, pixels, args, 0, device)
     sync(device)
+    warmup = time.perf_counter() - start
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        main.train_epoch(model, model, optimizer, pixels, args, epoch, device)
+        main.train_epoch(model, step_model, optimizer, pixels, args, epoch, device)
     sync(device)
-    return epochs * pixels.shape[0] / (time.perf_counter() - start)
+    return epochs * pixels.shape[0] / (time.perf_counter() - start), warmup
 
 
 def dataloader_loop(args, device, root: Path, epochs: int, warmup_steps: int = 100) -> float:
@@ -134,6 +141,41 @@ def time_to_quality(args, device, train, test, target: float, limit: float) -> t
     return None, epoch, loss
 
 
+def variants(args, device, train, options) -> None:
+    """The project's loop at the default batch with one setting changed at a time (interleaved rounds)."""
+    changes = {"as is (fused Adam, torch's threads)": {}, "foreach Adam": {"adam": "foreach"},
+               "single-tensor Adam": {"adam": "single"}, "1 thread": {"threads": 1},
+               "--amp (bf16 autocast)": {"amp": True}, "--compile": {"compile": True}}
+    if device.type != "cpu":
+        del changes["1 thread"]
+    results = {name: [] for name in changes}
+    threads = torch.get_num_threads()
+    for _ in range(options.rounds):
+        for name, change in changes.items():
+            torch.set_num_threads(change.get("threads", threads))
+            args.amp, args.compile = change.get("amp", False), change.get("compile", False)
+            results[name].append(project_loop(args, device, train, options.epochs, change.get("adam", "fused")))
+    torch.set_num_threads(threads)
+    args.amp = args.compile = False
+    for name, runs in results.items():
+        rate = statistics.median(r[0] for r in runs)
+        print(f"{device.type} batch {args.batch_size}, {name:<36} {rate:>9,.0f} img/s"
+              f"  (warm-up epoch {statistics.median(r[1] for r in runs):.1f} s)", flush=True)
+
+
+def profile(args, device, train, steps: int = 200) -> None:
+    """The operators that take the time in `steps` steps of the project's loop."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    model, optimizer = fresh(args, device)
+    subset = train[: steps * args.batch_size]
+    main.train_epoch(model, model, optimizer, subset, args, 0, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        main.train_epoch(model, model, optimizer, subset, args, 1, device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="./data", help="folder with MNIST/raw (default: %(default)s)")
@@ -143,6 +185,8 @@ def run() -> None:
     parser.add_argument("--dataloader-epochs", type=int, default=1, help="measured epochs of the DataLoader loop (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians are printed (default: %(default)s)")
     parser.add_argument("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
+    parser.add_argument("--variants", action="store_true", help="also time the loop with fused/foreach/single Adam, 1 thread, --amp, --compile")
+    parser.add_argument("--profile", action="store_true", help="also print the top operators of the loop (torch.profiler)")
     options = parser.parse_args()
 
     args = main.build_parser().parse_args([])  # the project's defaults
@@ -164,7 +208,7 @@ def run() -> None:
             args.batch_size = batch
             ours, theirs = [], []
             for _ in range(options.rounds):  # interleaved, so that a slow spell of a shared machine hits both
-                ours.append(project_loop(args, device, train, options.epochs))
+                ours.append(project_loop(args, device, train, options.epochs)[0])
                 theirs.append(dataloader_loop(args, device, root, options.dataloader_epochs))
             ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
             print(f"{device.type:<7}{batch:>6}{ours_median:>15,.0f}{theirs_median:>18,.0f}{ours_median / theirs_median:>6.1f}x"
@@ -175,6 +219,10 @@ def run() -> None:
                       f"torch.matmul sustains {rate / 1e9:.0f} GFLOP/s at the model's sizes -> {rate / flops:,.0f} img/s; "
                       f"the loop reaches {ours_median * flops / rate:.0%} of it", flush=True)
         args.batch_size = default_batch
+        if options.variants:
+            variants(args, device, train, options)
+        if options.profile:
+            profile(args, device, train)
         if not real:
             print("time to quality: needs real MNIST (--data-dir)")
             continue
