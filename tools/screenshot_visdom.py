@@ -44,7 +44,7 @@ def chromium(profile_dir: str):
 def wait_for_panes(driver, ready, seconds: float = 30) -> list[dict]:
     """Poll the page's panes until ready(panes) or the time is up; then let the layout settle."""
     deadline = time.monotonic() + seconds
-    while not ready(panes := driver.execute_script(PANES)) and time.monotonic() < deadline:
+    while not ready(driver.execute_script(PANES)) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1)
     return driver.execute_script(PANES)
