@@ -8,7 +8,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from checkpoint import CheckpointError, append_metrics, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_metrics
 from data import DATASETS, TEST_BINARIZATION_SEED, DataError, load_images, to_pixels
 from vae import ACTIVATIONS, GAUSSIAN_VARIANCE, LIKELIHOODS, VAE, importance_weighted_log_likelihood, kl_divergence, negative_elbo, reconstruction_loss, reparameterize
 from viewer import Viewer, figures, save_pngs
@@ -107,20 +107,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by this script, or a DataError that says what is wrong with the file."""
-    if not Path(path).is_file():
-        raise DataError(f"checkpoint {path} does not exist: give the path of a run's checkpoint.pt")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise DataError(f"{path} is not a checkpoint written by main.py ({type(error).__name__}): "
-                        "give the path of a run's checkpoint.pt") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "args", "rng", "history"} <= state.keys():
-        raise DataError(f"{path} is not a checkpoint written by main.py (keys missing): give the path of a run's checkpoint.pt")
-    return state
-
-
 def settings(argv: list[str]) -> tuple[argparse.Namespace, dict | None]:
     """Parse and check the flags before any work starts; with a checkpoint, merge its settings."""
     parser = build_parser()
@@ -132,7 +118,7 @@ def settings(argv: list[str]) -> tuple[argparse.Namespace, dict | None]:
     if source:
         try:
             checkpoint = load_checkpoint(source)
-        except DataError as error:
+        except CheckpointError as error:
             parser.error(str(error))
         given = explicit_flags(build_parser(), argv)
         saved = checkpoint["args"]
@@ -165,55 +151,6 @@ def settings(argv: list[str]) -> tuple[argparse.Namespace, dict | None]:
     except OSError as error:
         parser.error(f"--out {out} cannot be written ({error.strerror}): choose another folder")
     return args, checkpoint
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    if device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    if device.type == "mps" and "mps" in state:
-        torch.mps.set_rng_state(state["mps"])
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a temporary file, flushed to disk, then renamed over the old one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_metrics(path: Path, history: list[dict], keep_evaluations_to: int) -> None:
-    """Rewrite metrics.jsonl atomically from the checkpoint's history (dropping torn or later lines),
-    keeping the evaluation lines of epochs the checkpoint has reached."""
-    evaluations = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "evaluation" in row and row.get("epoch", math.inf) <= keep_evaluations_to:
-                evaluations.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history + evaluations))
-    os.replace(tmp, path)
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 class NonFiniteLoss(Exception):

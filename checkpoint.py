@@ -1,0 +1,77 @@
+"""A run's files: the checkpoint (written atomically) and metrics.jsonl, and the RNG states they carry."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "args", "rng", "history"}
+
+
+class CheckpointError(Exception):
+    """A file that cannot be used as a checkpoint; the message says why and what to do."""
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by main.py, or a CheckpointError that says what is wrong with the file."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: give the path of a run's checkpoint.pt")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a checkpoint written by main.py ({type(error).__name__}): "
+                              "give the path of a run's checkpoint.pt") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+        raise CheckpointError(f"{path} is not a checkpoint written by main.py (keys missing): give the path of a run's checkpoint.pt")
+    return state
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a temporary file, flushed to disk, then renamed over the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, history: list[dict], keep_evaluations_to: int) -> None:
+    """Rewrite metrics.jsonl atomically from the checkpoint's history (dropping torn or later lines),
+    keeping the evaluation lines of epochs the checkpoint has reached."""
+    evaluations = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "evaluation" in row and row.get("epoch", math.inf) <= keep_evaluations_to:
+                evaluations.append(row)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history + evaluations))
+    os.replace(tmp, path)
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
