@@ -77,9 +77,14 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | N
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) in closed form for each latent dimension: shape of mu."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ²) ‖ N(0, I)) in closed form, summed over latent dimensions: shape [B]."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+    return kl_per_dimension(mu, logvar).sum(dim=-1)
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, likelihood: str = "gaussian") -> torch.Tensor:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from vae import kl_per_dimension
+
 START_SERVER = "python -m visdom.server -bind_local"
 
 
@@ -143,7 +145,7 @@ def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int)
         shown["manifold"] = (grid(decode(codes), steps), f"latent manifold (prior quantiles), epoch {epoch}")
     else:
         # The dimensions the encoder uses most (largest KL), each swept from -3 to 3 around the first image's code.
-        usage = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+        usage = kl_per_dimension(mu, logvar).mean(0)
         dims = usage.argsort(descending=True)[: min(10, model.latent_dim)]
         values = torch.linspace(-3.0, 3.0, steps, device=z.device)
         codes = mu[0].repeat(len(dims), steps, 1)
