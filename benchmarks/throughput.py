@@ -130,6 +130,7 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
 def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
     """Wall seconds (training and evaluation) until the test loss first falls below `target`."""
     model, optimizer = fresh(args, device)
+    model.start_at_mean_image(train.mean(0))  # as main.py starts a run
     torch.manual_seed(args.seed)
     start, epoch, loss = time.perf_counter(), 0, float("inf")
     while time.perf_counter() - start < limit:
@@ -177,6 +178,7 @@ def profile(args, device, train, steps: int = 200) -> None:
 
 
 def run() -> None:
+    main.flush_denormals()  # as main.py does, before torch starts its threads; both loops run with it
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="./data", help="folder with MNIST/raw (default: %(default)s)")
     parser.add_argument("--batch-sizes", default=f"32,{main.build_parser().get_default('batch_size')}",

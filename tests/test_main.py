@@ -134,3 +134,15 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
     # the mean of binarized pixels follows the intensities
     many = torch.stack([to_pixels(images, torch.device("cpu"), "static", seed=s) for s in range(200)]).mean(0)
     torch.testing.assert_close(many, grey, atol=0.15, rtol=0)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_denormals_are_flushed_on_every_worker_thread(flush):
+    # Run in a fresh process: worker threads take the setting only when torch starts them.
+    script = (f"import torch, main\n{'main.flush_denormals()' if flush else ''}\ntorch.set_num_threads(2)\n"
+              "tiny = torch.full((1 << 20,), 1e-39) * 1.0  # big enough to be split between the threads\n"
+              "print(torch.get_num_threads(), int((tiny != 0).sum()))")
+    threads, kept = map(int, subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True,
+                                            capture_output=True, text=True).stdout.split())
+    assert threads == 2
+    assert kept == 0 if flush else kept == 1 << 20

@@ -54,6 +54,17 @@ def test_mu_and_logvar_can_be_negative():
     assert (logvar < 0).any() and (logvar > 0).any()
 
 
+def test_a_decoder_started_at_the_mean_image_draws_about_it():
+    torch.manual_seed(0)
+    mean_image = (torch.rand(28, 28) * torch.linspace(0, 1, 28)).reshape(784)  # a column of zeros, too
+    model = VAE()
+    distance = lambda: (torch.sigmoid(model.decode(torch.randn(256, 10))) - mean_image).abs().mean()
+    before = distance()
+    model.start_at_mean_image(mean_image.reshape(1, 28, 28))
+    assert distance() < before / 3
+    torch.testing.assert_close(torch.sigmoid(model.decoder[-1].bias), mean_image.clamp(1e-3, 1 - 1e-3))
+
+
 def test_architecture_follows_the_flags():
     model = VAE(hidden=(200, 200), latent_dim=50, activation="tanh")
     widths = [layer.out_features for layer in model.encoder if isinstance(layer, torch.nn.Linear)]
