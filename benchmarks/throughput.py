@@ -202,24 +202,30 @@ def run() -> None:
     print(f"data: {'real MNIST from ' + str(options.data_dir) if real else 'synthetic, MNIST-sized (no MNIST in ' + str(options.data_dir) + ')'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, "
           f"Adam (fused), lr {args.lr}")
-    print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}   (medians of {options.rounds} interleaved rounds)")
+    print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}   "
+          f"(medians of {options.rounds} interleaved rounds; ratio: median of the rounds' ratios)")
     default_batch = main.build_parser().get_default("batch_size")
     for device in devices:
         train = to_pixels(load_images("mnist", root, True), device)
         for batch in map(int, options.batch_sizes.split(",")):
             args.batch_size = batch
-            ours, theirs = [], []
+            ours, theirs, matmul = [], [], []
             for _ in range(options.rounds):  # interleaved, so that a slow spell of a shared machine hits both
                 ours.append(project_loop(args, device, train, options.epochs)[0])
                 theirs.append(dataloader_loop(args, device, root, options.dataloader_epochs))
-            ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-            print(f"{device.type:<7}{batch:>6}{ours_median:>15,.0f}{theirs_median:>18,.0f}{ours_median / theirs_median:>6.1f}x"
-                  f"   (project {min(ours):,.0f}..{max(ours):,.0f}, DataLoader {min(theirs):,.0f}..{max(theirs):,.0f})", flush=True)
-            if batch == default_batch:
-                flops, rate = flop_bound(args, device, batch)
+                if batch == default_batch:
+                    flops, rate = flop_bound(args, device, batch)
+                    matmul.append(rate)
+            ratios = [a / b for a, b in zip(ours, theirs)]
+            print(f"{device.type:<7}{batch:>6}{statistics.median(ours):>15,.0f}{statistics.median(theirs):>18,.0f}"
+                  f"{statistics.median(ratios):>6.1f}x   (project {min(ours):,.0f}..{max(ours):,.0f}, "
+                  f"DataLoader {min(theirs):,.0f}..{max(theirs):,.0f}, ratio {min(ratios):.1f}..{max(ratios):.1f})", flush=True)
+            if matmul:
+                fraction = statistics.median(a * flops / m for a, m in zip(ours, matmul))
                 print(f"{'':13}FLOP bound at batch {batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward); "
-                      f"torch.matmul sustains {rate / 1e9:.0f} GFLOP/s at the model's sizes -> {rate / flops:,.0f} img/s; "
-                      f"the loop reaches {ours_median * flops / rate:.0%} of it", flush=True)
+                      f"torch.matmul sustains {statistics.median(matmul) / 1e9:.0f} GFLOP/s at the model's sizes "
+                      f"({min(matmul) / 1e9:.0f}..{max(matmul) / 1e9:.0f}) -> {statistics.median(matmul) / flops:,.0f} img/s; "
+                      f"the loop reaches {fraction:.0%} of it (median of the rounds)", flush=True)
         args.batch_size = default_batch
         if options.variants:
             variants(args, device, train, options)
