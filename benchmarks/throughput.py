@@ -129,9 +129,8 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
 
 def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
     """Wall seconds (training and evaluation) until the test loss first falls below `target`."""
-    model, optimizer = fresh(args, device)
-    model.start_at_mean_image(train.mean(0))  # as main.py starts a run
-    torch.manual_seed(args.seed)
+    model, optimizer = fresh(args, device)  # seeded with 0, main.py's default, as main.py does
+    model.start_at_mean_image(train.mean(0))  # as main.py starts a run, so the run is main.py's
     start, epoch, loss = time.perf_counter(), 0, float("inf")
     while time.perf_counter() - start < limit:
         epoch += 1
