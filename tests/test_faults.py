@@ -42,6 +42,9 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
                                stderr=subprocess.DEVNULL, env={**OFFLINE_ENV, "PATH": "", "PYTHONUNBUFFERED": "1"})
         first_line = run.stdout.readline()  # printed once the data is loaded, just before training
         assert f"epochs {before + 1}..{epochs}" in first_line  # continues after the last finished epoch
+        started = time.monotonic()  # the first kill waits for the first checkpoint, however slow the machine
+        while run.poll() is None and not checkpoint.exists() and time.monotonic() - started < 60:
+            time.sleep(0.01)
         if kills % 2:  # during a checkpoint write: as soon as the temporary file appears
             started = time.monotonic()
             while run.poll() is None and not (out / "checkpoint.pt.tmp").exists() and time.monotonic() - started < 30:
