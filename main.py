@@ -105,7 +105,7 @@ def flush_denormals() -> None:
     """Treat floats below 1.2e-38 as zero on the CPU, which otherwise does arithmetic on them slowly.
 
     Adam's second moments for pixels the decoder has learnt to switch off sink into that range, and
-    made its step up to 1.8x slower here. Call this before torch's first parallel work: its worker
+    slowed its step down. Call this before torch's first parallel work: its worker
     threads copy the setting from the main thread when they start, and never read it again.
     """
     torch.set_flush_denormal(True)

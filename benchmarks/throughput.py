@@ -43,7 +43,8 @@ ADAMS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"for
 
 
 def fresh(args, device, adam: str = "fused"):
-    torch.manual_seed(0)
+    """A new model and optimizer, seeded as main.py seeds a run."""
+    torch.manual_seed(args.seed)
     model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
     return model, torch.optim.Adam(model.parameters(), lr=args.lr, **ADAMS[adam])
 
@@ -129,7 +130,7 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
 
 def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
     """Wall seconds (training and evaluation) until the test loss first falls below `target`."""
-    model, optimizer = fresh(args, device)  # seeded with 0, main.py's default, as main.py does
+    model, optimizer = fresh(args, device)
     model.start_at_mean_image(train.mean(0))  # as main.py starts a run, so the run is main.py's
     start, epoch, loss = time.perf_counter(), 0, float("inf")
     while time.perf_counter() - start < limit:

@@ -25,6 +25,13 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
+def wait_for(path, run: subprocess.Popen, seconds: float, poll: float) -> None:
+    """Until `path` exists, `run` has ended or `seconds` have passed; poll 0 to catch the moment."""
+    started = time.monotonic()
+    while run.poll() is None and not path.exists() and time.monotonic() - started < seconds:
+        time.sleep(poll)
+
+
 def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_dir, tmp_path):
     out = tmp_path / "run"
     checkpoint = out / "checkpoint.pt"
@@ -42,13 +49,9 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
                                stderr=subprocess.DEVNULL, env={**OFFLINE_ENV, "PATH": "", "PYTHONUNBUFFERED": "1"})
         first_line = run.stdout.readline()  # printed once the data is loaded, just before training
         assert f"epochs {before + 1}..{epochs}" in first_line  # continues after the last finished epoch
-        started = time.monotonic()  # the first kill waits for the first checkpoint, however slow the machine
-        while run.poll() is None and not checkpoint.exists() and time.monotonic() - started < 60:
-            time.sleep(0.01)
+        wait_for(checkpoint, run, seconds=60, poll=0.01)  # a kill comes after the first checkpoint, however slow
         if kills % 2:  # during a checkpoint write: as soon as the temporary file appears
-            started = time.monotonic()
-            while run.poll() is None and not (out / "checkpoint.pt.tmp").exists() and time.monotonic() - started < 30:
-                pass
+            wait_for(out / "checkpoint.pt.tmp", run, seconds=30, poll=0.0)
         else:  # at a random moment, mostly inside an epoch
             time.sleep(rng.uniform(0.0, 1.5))
         run.send_signal(signal.SIGKILL)
