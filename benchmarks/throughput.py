@@ -3,12 +3,14 @@
     python benchmarks/throughput.py --data-dir ../shared/data
 
 (a) the project's loop (main.train_epoch: the split held as one tensor on the device, shuffled by
-index); (b) the common pipeline: torchvision MNIST with transforms.ToTensor() through a shuffling
-DataLoader, the same model, optimizer and batch size. Images per second over whole epochs, after a
+index), with main.py's defaults or the given --flags; (b) the common pipeline: torchvision MNIST
+with transforms.ToTensor() through a shuffling DataLoader, the same model, optimizer and batch
+size, eager and in float32 whatever --flags say. Images per second over whole epochs, after a
 warm-up. Real MNIST when --data-dir has it, otherwise synthetic data of MNIST's size.
 """
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -53,14 +55,14 @@ def project_loop(args, device, pixels, epochs: int, adam: str = "fused") -> tupl
     """(images per second of main.train_epoch over `epochs` whole epochs after one warm-up epoch,
     seconds of that warm-up epoch, which includes torch.compile's compilation with args.compile)."""
     model, optimizer = fresh(args, device, adam)
-    step_model = torch.compile(model) if args.compile else model
+    loss_fn = torch.compile(main.batch_loss) if args.compile else main.batch_loss
     start = time.perf_counter()
-    main.train_epoch(model, step_model, optimizer, pixels, args, 0, device)
+    main.train_epoch(model, loss_fn, optimizer, pixels, args, 0, device)
     sync(device)
     warmup = time.perf_counter() - start
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        main.train_epoch(model, step_model, optimizer, pixels, args, epoch, device)
+        main.train_epoch(model, loss_fn, optimizer, pixels, args, epoch, device)
     sync(device)
     return epochs * pixels.shape[0] / (time.perf_counter() - start), warmup
 
@@ -97,18 +99,19 @@ def sync(device) -> None:
 
 
 def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, float]:
-    """(FLOPs per image for forward and backward, matmul FLOP/s sustained at the model's sizes)."""
+    """(FLOPs per image for forward and backward, matmul FLOP/s sustained at the model's sizes, in
+    bf16 under --amp)."""
     model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation)
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     # forward: x@W for every layer; backward: the weight gradient for every layer and the input
     # gradient for every layer but the first (the images need none).
     macs = sum(l.in_features * l.out_features for l in layers)
     flops = 2 * (2 * macs + macs - layers[0].in_features * layers[0].out_features)
-    operands = []
+    operands, dtype = [], torch.bfloat16 if args.amp else torch.float32
     for l in layers:
-        x = torch.randn(batch, l.in_features, device=device)
-        w = torch.randn(l.in_features, l.out_features, device=device)
-        g = torch.randn(batch, l.out_features, device=device)
+        x = torch.randn(batch, l.in_features, device=device, dtype=dtype)
+        w = torch.randn(l.in_features, l.out_features, device=device, dtype=dtype)
+        g = torch.randn(batch, l.out_features, device=device, dtype=dtype)
         operands.append((x, w, g, l is layers[0]))
 
     def gemms():
@@ -129,13 +132,15 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
 
 
 def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
-    """Wall seconds (training and evaluation) until the test loss first falls below `target`."""
+    """Wall seconds (training and evaluation, and compiling with --compile) until the test loss
+    first falls below `target`."""
     model, optimizer = fresh(args, device)
     model.start_at_mean_image(train.mean(0))  # as main.py starts a run, so the run is main.py's
     start, epoch, loss = time.perf_counter(), 0, float("inf")
+    loss_fn = torch.compile(main.batch_loss) if args.compile else main.batch_loss
     while time.perf_counter() - start < limit:
         epoch += 1
-        main.train_epoch(model, model, optimizer, train, args, epoch, device)
+        main.train_epoch(model, loss_fn, optimizer, train, args, epoch, device)
         loss = main.evaluate(model, test, args)["test_loss"]
         if loss < target:
             return time.perf_counter() - start, epoch, loss
@@ -146,18 +151,20 @@ def variants(args, device, train, options) -> None:
     """The project's loop at the default batch with one setting changed at a time (interleaved rounds)."""
     changes = {"as is (fused Adam, torch's threads)": {}, "foreach Adam": {"adam": "foreach"},
                "single-tensor Adam": {"adam": "single"}, "1 thread": {"threads": 1},
-               "--amp (bf16 autocast)": {"amp": True}, "--compile": {"compile": True}}
+               "--amp (bf16 autocast)": {"amp": True}, "--compile": {"compile": True},
+               "--compile --amp": {"compile": True, "amp": True}}
     if device.type != "cpu":
         del changes["1 thread"]
     results = {name: [] for name in changes}
     threads = torch.get_num_threads()
+    amp, compile = args.amp, args.compile
     for _ in range(options.rounds):
         for name, change in changes.items():
             torch.set_num_threads(change.get("threads", threads))
             args.amp, args.compile = change.get("amp", False), change.get("compile", False)
             results[name].append(project_loop(args, device, train, options.epochs, change.get("adam", "fused")))
     torch.set_num_threads(threads)
-    args.amp = args.compile = False
+    args.amp, args.compile = amp, compile
     for name, runs in results.items():
         rate = statistics.median(r[0] for r in runs)
         print(f"{device.type} batch {args.batch_size}, {name:<36} {rate:>9,.0f} img/s"
@@ -170,10 +177,10 @@ def profile(args, device, train, steps: int = 200) -> None:
 
     model, optimizer = fresh(args, device)
     subset = train[: steps * args.batch_size]
-    main.train_epoch(model, model, optimizer, subset, args, 0, device)
+    main.train_epoch(model, main.batch_loss, optimizer, subset, args, 0, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        main.train_epoch(model, model, optimizer, subset, args, 1, device)
+        main.train_epoch(model, main.batch_loss, optimizer, subset, args, 1, device)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
 
@@ -189,9 +196,11 @@ def run() -> None:
     parser.add_argument("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
     parser.add_argument("--variants", action="store_true", help="also time the loop with fused/foreach/single Adam, 1 thread, --amp, --compile")
     parser.add_argument("--profile", action="store_true", help="also print the top operators of the loop (torch.profiler)")
+    parser.add_argument("--flags", default="", help='main.py flags for the project\'s loop and the time to quality, '
+                        'e.g. --flags="--compile --amp" (default: none, the defaults)')
     options = parser.parse_args()
 
-    args = main.build_parser().parse_args([])  # the project's defaults
+    args = main.build_parser().parse_args(shlex.split(options.flags))  # the project's settings
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     root = Path(options.data_dir)
     real = all((raw_folder("mnist", root) / name).exists() for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
@@ -201,7 +210,7 @@ def run() -> None:
         synthetic_mnist(root)
     print(f"data: {'real MNIST from ' + str(options.data_dir) if real else 'synthetic, MNIST-sized (no MNIST in ' + str(options.data_dir) + ')'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, "
-          f"Adam (fused), lr {args.lr}")
+          f"Adam (fused), lr {args.lr}; project's loop with {options.flags or 'the default flags'}")
     print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}   "
           f"(medians of {options.rounds} interleaved rounds; ratio: median of the rounds' ratios)")
     default_batch = main.build_parser().get_default("batch_size")
@@ -223,7 +232,7 @@ def run() -> None:
             if matmul:
                 fraction = statistics.median(a * flops / m for a, m in zip(ours, matmul))
                 print(f"{'':13}FLOP bound at batch {batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward); "
-                      f"torch.matmul sustains {statistics.median(matmul) / 1e9:.0f} GFLOP/s at the model's sizes "
+                      f"torch.matmul sustains {statistics.median(matmul) / 1e9:.0f} GFLOP/s at the model's sizes{' in bf16' if args.amp else ''} "
                       f"({min(matmul) / 1e9:.0f}..{max(matmul) / 1e9:.0f}) -> {statistics.median(matmul) / flops:,.0f} img/s; "
                       f"the loop reaches {fraction:.0%} of it (median of the rounds)", flush=True)
         args.batch_size = default_batch
@@ -237,7 +246,7 @@ def run() -> None:
         test = to_pixels(load_images("mnist", root, False), device)
         for _ in range(options.rounds):
             seconds, epochs, loss = time_to_quality(args, device, train, test, options.target, limit=120)
-            print(f"{device.type}: time to quality with the defaults: test loss {loss:.2f} < {options.target} after "
+            print(f"{device.type}: time to quality with {options.flags or 'the defaults'}: test loss {loss:.2f} < {options.target} after "
                   f"{epochs} epochs, {seconds:.1f} s of training and evaluation" if seconds is not None else
                   f"{device.type}: test loss {loss:.2f} still above {options.target} after {epochs} epochs (120 s)", flush=True)
 

@@ -146,3 +146,36 @@ def test_denormals_are_flushed_on_every_worker_thread(flush):
                                             capture_output=True, text=True).stdout.split())
     assert threads == 2
     assert kept == 0 if flush else kept == 1 << 20
+
+
+def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
+    """--compile compiles main.batch_loss, the loss with the model: the same loss and gradients as
+    eager, for each setting it reads (a stale guard would reuse the first beta). --amp changes the
+    arithmetic a little, compiled or not."""
+    from torch._inductor import config as inductor_config
+
+    from vae import VAE
+
+    torch.manual_seed(0)
+    model = VAE()
+    x = torch.rand(32, 784)
+    args = main.build_parser().parse_args([])
+    compiled = torch.compile(main.batch_loss)
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same ε for every call
+        loss = loss_fn(model, x, args)
+        loss.backward()
+        return [loss.detach(), *(p.grad for p in model.parameters())]
+
+    with inductor_config.patch(fallback_random=True):  # the compiled graph draws ε as eager does
+        for beta in (1.0, 0.5):
+            args.beta = beta
+            eager = loss_and_grads(main.batch_loss)
+            torch.testing.assert_close(loss_and_grads(compiled), eager, rtol=1e-4, atol=1e-6)
+        args.amp = True
+        amp = loss_and_grads(main.batch_loss)
+        for got, want in zip(loss_and_grads(compiled), amp):  # bf16 roundings differ elementwise
+            assert torch.linalg.norm(got - want) < 0.05 * torch.linalg.norm(want)
+    assert 0 < abs(amp[0] - eager[0]) < 0.02 * eager[0]
