@@ -55,6 +55,7 @@ def project_loop(args, device, pixels, epochs: int, adam: str = "fused") -> tupl
     """(images per second of main.train_epoch over `epochs` whole epochs after one warm-up epoch,
     seconds of that warm-up epoch, which includes torch.compile's compilation with args.compile)."""
     model, optimizer = fresh(args, device, adam)
+    torch._dynamo.reset()
     loss_fn = torch.compile(main.batch_loss) if args.compile else main.batch_loss
     start = time.perf_counter()
     main.train_epoch(model, loss_fn, optimizer, pixels, args, 0, device)
@@ -136,6 +137,7 @@ def time_to_quality(args, device, train, test, target: float, limit: float) -> t
     first falls below `target`."""
     model, optimizer = fresh(args, device)
     model.start_at_mean_image(train.mean(0))  # as main.py starts a run, so the run is main.py's
+    torch._dynamo.reset()  # forget the compiled code of the loops timed before: a run compiles anew
     start, epoch, loss = time.perf_counter(), 0, float("inf")
     loss_fn = torch.compile(main.batch_loss) if args.compile else main.batch_loss
     while time.perf_counter() - start < limit:
