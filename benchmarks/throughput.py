@@ -159,14 +159,14 @@ def variants(args, device, train, options) -> None:
         del changes["1 thread"]
     results = {name: [] for name in changes}
     threads = torch.get_num_threads()
-    amp, compile = args.amp, args.compile
+    given = args.amp, args.compile
     for _ in range(options.rounds):
         for name, change in changes.items():
             torch.set_num_threads(change.get("threads", threads))
             args.amp, args.compile = change.get("amp", False), change.get("compile", False)
             results[name].append(project_loop(args, device, train, options.epochs, change.get("adam", "fused")))
     torch.set_num_threads(threads)
-    args.amp, args.compile = amp, compile
+    args.amp, args.compile = given
     for name, runs in results.items():
         rate = statistics.median(r[0] for r in runs)
         print(f"{device.type} batch {args.batch_size}, {name:<36} {rate:>9,.0f} img/s"
@@ -196,13 +196,15 @@ def run() -> None:
     parser.add_argument("--dataloader-epochs", type=int, default=1, help="measured epochs of the DataLoader loop (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians are printed (default: %(default)s)")
     parser.add_argument("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
-    parser.add_argument("--variants", action="store_true", help="also time the loop with fused/foreach/single Adam, 1 thread, --amp, --compile")
+    parser.add_argument("--variants", action="store_true", help="also time the loop with fused/foreach/single Adam, 1 thread, --amp, --compile, both")
     parser.add_argument("--profile", action="store_true", help="also print the top operators of the loop (torch.profiler)")
     parser.add_argument("--flags", default="", help='main.py flags for the project\'s loop and the time to quality, '
                         'e.g. --flags="--compile --amp" (default: none, the defaults)')
     options = parser.parse_args()
 
     args = main.build_parser().parse_args(shlex.split(options.flags))  # the project's settings
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     root = Path(options.data_dir)
     real = all((raw_folder("mnist", root) / name).exists() for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
