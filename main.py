@@ -178,9 +178,14 @@ def batch_loss(model: VAE, x: torch.Tensor, args: argparse.Namespace) -> torch.T
     return negative_elbo(logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood)[0]
 
 
+def loss_function(args: argparse.Namespace):
+    """batch_loss, compiled under --compile: what train_epoch calls each step."""
+    return torch.compile(batch_loss) if args.compile else batch_loss
+
+
 def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device) -> float:
-    """One pass over the shuffled training set with `loss_fn` (batch_loss, or it compiled); returns
-    the mean loss per image.
+    """One pass over the shuffled training set with `loss_fn` (from loss_function); returns the mean
+    loss per image.
 
     No host sync per step: each step's loss goes into a tensor on the device, which the host
     reads every `report_every` steps for the progress bar and the check for a non-finite loss.
@@ -303,7 +308,7 @@ def main(argv: list[str]) -> int:
 
     server = None if args.no_visdom else args.visdom_server
     viewer = Viewer(out, server, args.visdom_port, args.visdom_env, args.visdom_timeout, args.visdom_retry, args.visdom_log)
-    loss_fn = torch.compile(batch_loss) if args.compile else batch_loss
+    loss_fn = loss_function(args)
     if checkpoint:
         set_rng_state(checkpoint["rng"], device)
         write_metrics(metrics_path, history, epoch)

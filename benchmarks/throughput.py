@@ -56,7 +56,7 @@ def project_loop(args, device, pixels, epochs: int, adam: str = "fused") -> tupl
     seconds of that warm-up epoch, which includes torch.compile's compilation with args.compile)."""
     model, optimizer = fresh(args, device, adam)
     torch._dynamo.reset()
-    loss_fn = torch.compile(main.batch_loss) if args.compile else main.batch_loss
+    loss_fn = main.loss_function(args)
     start = time.perf_counter()
     main.train_epoch(model, loss_fn, optimizer, pixels, args, 0, device)
     sync(device)
@@ -139,7 +139,7 @@ def time_to_quality(args, device, train, test, target: float, limit: float) -> t
     model.start_at_mean_image(train.mean(0))  # as main.py starts a run, so the run is main.py's
     torch._dynamo.reset()  # forget the compiled code of the loops timed before: a run compiles anew
     start, epoch, loss = time.perf_counter(), 0, float("inf")
-    loss_fn = torch.compile(main.batch_loss) if args.compile else main.batch_loss
+    loss_fn = main.loss_function(args)
     while time.perf_counter() - start < limit:
         epoch += 1
         main.train_epoch(model, loss_fn, optimizer, train, args, epoch, device)
