@@ -1,8 +1,14 @@
-"""A run's files: the checkpoint (written atomically) and metrics.jsonl, and the RNG states they carry."""
+"""A run's files: the checkpoint (written atomically), metrics.jsonl, and the RNG states they carry.
 
+Ctrl-C during a write is held until the write is done, so a file is never left half written.
+"""
+
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -17,14 +23,21 @@ class CheckpointError(Exception):
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by main.py, or a CheckpointError that says what is wrong with the file."""
     if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: give the path of a run's checkpoint.pt")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: give the path of a run's checkpoint.pt"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{path} is not a checkpoint written by main.py ({type(error).__name__}): "
-                              "give the path of a run's checkpoint.pt") from None
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by main.py ({type(error).__name__}): "
+            "give the path of a run's checkpoint.pt"
+        ) from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
-        raise CheckpointError(f"{path} is not a checkpoint written by main.py (keys missing): give the path of a run's checkpoint.pt")
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by main.py (keys missing): "
+            "give the path of a run's checkpoint.pt"
+        )
     return state
 
 
@@ -45,33 +58,70 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.mps.set_rng_state(state["mps"])
 
 
+_caught: list[int] | None = None  # the Ctrl-Cs held off so far, while a block holds them
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Hold off Ctrl-C (SIGINT) inside the block; one that came raises KeyboardInterrupt after it.
+
+    Blocks nest: the outermost one holds, so files written together are all written."""
+    global _caught
+    if _caught is not None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: _caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        caught, _caught = _caught, None
+    if caught:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a temporary file, flushed to disk, then renamed over the old one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with ctrl_c_held():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_metrics(path: Path, history: list[dict], keep_evaluations_to: int) -> None:
     """Rewrite metrics.jsonl atomically from the checkpoint's history (dropping torn or later lines),
     keeping the evaluation lines of epochs the checkpoint has reached."""
-    evaluations = []
-    if path.exists():
-        for line in path.read_text().splitlines():
+    evaluations = [
+        row for row in read_metrics(path)
+        if "evaluation" in row and row.get("epoch", math.inf) <= keep_evaluations_to
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    with ctrl_c_held():
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in history + evaluations))
+        os.replace(tmp, path)
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with ctrl_c_held(), open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (none if it does not exist), skipping a torn last line."""
+    rows = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and "evaluation" in row and row.get("epoch", math.inf) <= keep_evaluations_to:
-                evaluations.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history + evaluations))
-    os.replace(tmp, path)
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows

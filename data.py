@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torchvision import datasets
+from torchvision.datasets.utils import extract_archive
 
 DATASETS = {
     "mnist": datasets.MNIST,
@@ -33,20 +34,38 @@ def file_names(dataset: str) -> list[str]:
 
 
 def _download(dataset: str, root: Path) -> None:
-    """Let torchvision fetch the files; on failure raise a DataError that says where to put them."""
+    """Let torchvision fetch the files; on failure raise a DataError that says where to put them,
+    and remove the folders the attempt created."""
     folder = raw_folder(dataset, root)
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
     print(f"{dataset}: files not found in {folder}; downloading them there")
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             DATASETS[dataset](str(root), train=True, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, …
+        for path in made:  # deepest first; a folder that holds anything stays
+            with contextlib.suppress(OSError):
+                path.rmdir()
         names = ", ".join(file_names(dataset))
         raise DataError(
             f"{dataset} is not in {folder} and downloading it failed ({type(error).__name__}): "
             f"put {names} (or the original .gz files) in that folder, or pass --data-dir DIR where "
             f"DIR/{folder.parent.name}/raw holds them"
         ) from None
+
+
+def _extract_gz(folder: Path, names: list[str]) -> None:
+    """Unpack NAME.gz beside it for each missing NAME, as torchvision does after a download (but
+    with no checksum: another distributor's recompressed files are as good)."""
+    for name in names:
+        packed = folder / f"{name}.gz"
+        if not (folder / name).exists() and packed.exists():
+            try:
+                extract_archive(str(packed), str(folder))
+            except (OSError, EOFError) as error:
+                raise DataError(f"{packed} cannot be unpacked ({error}): replace it with a good "
+                                "copy") from None
 
 
 def _read_header(path: Path, magic: int, n_dims: int) -> list[int]:
@@ -99,6 +118,7 @@ def load_images(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
         raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     root = Path(root)
     folder = raw_folder(dataset, root)
+    _extract_gz(folder, file_names(dataset))
     if not all((folder / name).exists() for name in file_names(dataset)):
         _download(dataset, root)
     check_split(dataset, root, train)

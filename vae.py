@@ -22,7 +22,7 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 # The gaussian likelihood is the MSE loss read as a density: N(x; x_hat, 1/2) per pixel has
 # -log p = (x - x_hat)^2 + log(pi)/2, so the squared error is -log p(x|z) less this constant.
 GAUSSIAN_VARIANCE = 0.5
-_GAUSSIAN_LOG_NORMALIZER = 0.5 * math.log(2 * math.pi * GAUSSIAN_VARIANCE)
+GAUSSIAN_LOG_NORMALIZER = 0.5 * math.log(2 * math.pi * GAUSSIAN_VARIANCE)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -130,7 +130,7 @@ def log_likelihood_given_z(logits: torch.Tensor, x: torch.Tensor, likelihood: st
     """log p(x|z) per image; for gaussian, the density with variance GAUSSIAN_VARIANCE per pixel."""
     nll = reconstruction_loss(logits, x, likelihood)
     if likelihood == "gaussian":
-        nll = nll / (2 * GAUSSIAN_VARIANCE) + logits.shape[-1] * _GAUSSIAN_LOG_NORMALIZER
+        nll = nll / (2 * GAUSSIAN_VARIANCE) + logits.shape[-1] * GAUSSIAN_LOG_NORMALIZER
     return -nll
 
 

@@ -15,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 N_TRAIN, N_TEST = 512, 128
+# A short run of main.py on the tiny data, without Visdom.
+QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
 # Any download attempt goes to a closed loopback port: tests never send traffic off this machine.
 OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
                "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
@@ -137,6 +139,26 @@ def visdom_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+def metrics(out: Path) -> list[dict]:
+    """The rows of a run folder's metrics.jsonl, read as main.py reads them."""
+    from checkpoint import read_metrics
+
+    return read_metrics(out / "metrics.jsonl")
+
+
+def wait_for(condition, what: str, process=None, seconds: float = 120, poll: float = 0.05) -> bool:
+    """Poll until condition() holds (True) or `process` has ended (False). `seconds` is only a
+    safety limit against a hang: reaching it fails the test."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(poll)
+    return True
 
 
 def run_main(*args: str, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:

@@ -12,9 +12,7 @@ import pytest
 import torch
 
 import main
-from conftest import N_TRAIN, ROOT, OFFLINE_ENV, idx_bytes, synthetic_digits
-
-QUICK = ["--batch-size", "64", "--no-visdom", "--num-images", "16"]
+from conftest import N_TRAIN, OFFLINE_ENV, QUICK, ROOT, idx_bytes, metrics, synthetic_digits, wait_for
 
 
 def error_line(capsys) -> str:
@@ -23,13 +21,6 @@ def error_line(capsys) -> str:
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
     return lines[0]
-
-
-def wait_for(path, run: subprocess.Popen, seconds: float, poll: float) -> None:
-    """Until `path` exists, `run` has ended or `seconds` have passed; poll 0 to catch the moment."""
-    started = time.monotonic()
-    while run.poll() is None and not path.exists() and time.monotonic() - started < seconds:
-        time.sleep(poll)
 
 
 def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_dir, tmp_path):
@@ -49,9 +40,10 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
                                stderr=subprocess.DEVNULL, env={**OFFLINE_ENV, "PATH": "", "PYTHONUNBUFFERED": "1"})
         first_line = run.stdout.readline()  # printed once the data is loaded, just before training
         assert f"epochs {before + 1}..{epochs}" in first_line  # continues after the last finished epoch
-        wait_for(checkpoint, run, seconds=60, poll=0.01)  # a kill comes after the first checkpoint, however slow
+        # a kill comes after the first checkpoint, however slow the machine
+        wait_for(checkpoint.exists, "the first checkpoint", run, poll=0.01)
         if kills % 2:  # during a checkpoint write: as soon as the temporary file appears
-            wait_for(out / "checkpoint.pt.tmp", run, seconds=30, poll=0.0)
+            wait_for((out / "checkpoint.pt.tmp").exists, "a checkpoint write", run, poll=0.0)
         else:  # at a random moment, mostly inside an epoch
             time.sleep(rng.uniform(0.0, 1.5))
         run.send_signal(signal.SIGKILL)
@@ -62,7 +54,7 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
     finish = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(checkpoint), "--epochs", str(epochs)],
                             capture_output=True, text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
 
 
@@ -78,7 +70,7 @@ def test_a_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(data_
     assert kept["epoch"] == 1
     for name, tensor in kept["model"].items():
         assert torch.equal(tensor, good["model"][name])
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [row["epoch"] for row in metrics(out)] == [1]
 
 
 def test_a_run_that_diverges_at_once_writes_no_checkpoint(data_dir, tmp_path, capsys):
@@ -155,6 +147,8 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, capsys, cont
     (["--lr", "-0.1"], "--lr: must be greater than 0"),
     (["--lr", "nan"], "--lr: must be greater than 0"),
     (["--beta", "-1"], "--beta: must be at least 0"),
+    (["--visdom-port", "99999"], "--visdom-port: a port is 1 to 65535"),
+    (["--resume", "a.pt", "--evaluate", "b.pt"], "not allowed with argument --resume"),
     (["--device", "cuda"], "--device cuda: torch finds no CUDA device"),
     (["--out", "/proc/no-such-run"], "--out /proc/no-such-run cannot be written"),
 ])

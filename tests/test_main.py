@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,15 +12,12 @@ import pytest
 import torch
 
 import main
-from conftest import ROOT, run_main
+import data
+import flags
+import vae
+from conftest import QUICK, ROOT, metrics, run_main, wait_for, write_mnist
 
 TIMINGS = set(main.TIMING_KEYS)
-QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
-
-
-def metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
 
 def without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
@@ -64,10 +62,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), "--epochs", "1000", "--no-visdom", "--batch-size", "8",
          "--data-dir", str(data_dir), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "metrics.jsonl").exists() or len(metrics(out)) < 2:
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    assert wait_for(lambda: len(metrics(out)) >= 2, "two epochs", process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -75,10 +70,37 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
     assert f"holds epoch {saved}" in stdout and f"--resume {out / 'checkpoint.pt'}" in stdout
     assert "Traceback" not in stderr
     assert [row["epoch"] for row in metrics(out)] == list(range(1, saved + 1))
+    assert not (out / "checkpoint.pt.tmp").exists()
+    # the printed command works as printed, from where the run was started
+    command = shlex.split(stdout.split("Resume with: ")[1].splitlines()[0])
+    resumed = subprocess.run([*command, "--epochs", str(saved + 1)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(out)[-1]["epoch"] == saved + 1
+
+
+def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(data_dir, tmp_path, capsys, monkeypatch):
+    """The Ctrl-C lands while torch.save writes epoch 2's checkpoint: the write completes, then the
+    run stops as for any Ctrl-C, with both files at epoch 2 and no temporary file left."""
+    save = torch.save
+
+    def save_with_ctrl_c(state, file):
+        if state["epoch"] == 2:
+            signal.raise_signal(signal.SIGINT)
+        save(state, file)
+
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--epochs", "5", "--data-dir", str(data_dir), "--out", str(out)]) == 130
+    monkeypatch.undo()
+    assert "holds epoch 2. Resume with:" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert [row["epoch"] for row in metrics(out)] == [1, 2]
+    assert not (out / "checkpoint.pt.tmp").exists()
 
 
 @pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
 def test_missing_data_without_network_is_one_clear_error(tmp_path, dataset, folder):
+    (tmp_path / "empty").mkdir()
     result = run_main("--data-dir", str(tmp_path / "empty"), "--no-visdom", "--out", str(tmp_path / "run"),
                       "--dataset", dataset, timeout=120)
     assert result.returncode == 1
@@ -88,6 +110,18 @@ def test_missing_data_without_network_is_one_clear_error(tmp_path, dataset, fold
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         assert name in error[0]
     assert str(tmp_path / "empty" / folder / "raw") in error[0] and dataset in error[0]
+    # the failed attempt leaves nothing behind: no empty run folder, no folders in --data-dir
+    assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "run").exists()
+
+
+def test_gz_files_that_are_not_torchvisions_are_used_without_a_download(tmp_path, capsys):
+    """Another distributor's .gz files (different bytes from torchvision's, so its checksums fail)
+    are unpacked and used; no download is tried."""
+    write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=True)
+    argv = [*QUICK, "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    assert main.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "downloading" not in printed and "after 1 epoch;" in printed
 
 
 
@@ -99,11 +133,12 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main.main(["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "20"]) == 0
     printed = capsys.readouterr().out
-    assert "k=20" in printed and "variance 0.5" in printed
+    assert "k=20" in printed and "variance 0.5" in printed and "392·log π" in printed
     evaluation = metrics(out)[-1]
     assert evaluation["evaluation"] == "importance-weighted" and evaluation["k"] == 20 and evaluation["epoch"] == 1
     # log p(x) >= ELBO in expectation; the gaussian ELBO is -(loss) less the density's constant
     elbo = -evaluation["test_loss"] - 784 * 0.5 * math.log(math.pi)
+    assert f"+ {784 * 0.5 * math.log(math.pi):.2f} (392·log π)" in printed  # as the output says
     assert evaluation["test_log_likelihood"] > elbo
     assert main.main(["--generate", str(out / "checkpoint.pt")]) == 0
     assert {png.name for png in out.glob("*.png")} == {"originals.png", "reconstructions.png", "samples.png",
@@ -131,9 +166,21 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
     assert not torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=2))
     grey = to_pixels(images, torch.device("cpu"))
     assert torch.equal(grey, images.reshape(50, -1) / 255)
-    # the mean of binarized pixels follows the intensities
-    many = torch.stack([to_pixels(images, torch.device("cpu"), "static", seed=s) for s in range(200)]).mean(0)
-    torch.testing.assert_close(many, grey, atol=0.15, rtol=0)
+    # dynamic: train_epoch draws fresh binary pixels from the grey ones at every use
+    args = flags.parse(["--binarize", "dynamic", "--batch-size", "50"])
+    model = main.build_model(args, torch.device("cpu"))
+    seen = []
+
+    def record(model, x, args):
+        seen.append(x)
+        return main.batch_loss(model, x, args)
+
+    for epoch in range(200):
+        main.train_epoch(model, record, main.build_optimizer(model, args), grey, args, epoch, "cpu")
+    assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
+    assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
+    # the mean of binarized pixels follows the intensities (the order is shuffled: compare sums)
+    torch.testing.assert_close(torch.stack(seen).mean(0).sum(0), grey.sum(0), atol=0.15 * 50, rtol=0)
 
 
 @pytest.mark.parametrize("flush", [True, False])
@@ -159,7 +206,7 @@ def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
     torch.manual_seed(0)
     model = VAE()
     x = torch.rand(32, 784)
-    args = main.build_parser().parse_args(["--compile"])
+    args = flags.parse(["--compile"])
     compiled = main.loss_function(args)  # main.py's own way to the compiled loss
 
     def loss_and_grads(loss_fn):
@@ -179,3 +226,19 @@ def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
         for got, want in zip(loss_and_grads(compiled), amp):  # bf16 roundings differ elementwise
             assert torch.linalg.norm(got - want) < 0.05 * torch.linalg.norm(want)
     assert 0 < abs(amp[0] - eager[0]) < 0.02 * eager[0]
+
+
+def test_help_and_flag_errors_answer_before_torch_loads():
+    for argv in (["--help"], ["--visdom-port", "99999"], ["--epochs", "0"]):
+        script = ("import runpy, sys\n"
+                  f"sys.argv = ['main.py', *{argv!r}]\n"
+                  "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
+                  "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)")
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+        assert result.stdout.splitlines()[-1] == ("0 False" if argv == ["--help"] else "2 False")
+
+
+def test_the_flags_offer_what_the_model_and_data_know():
+    assert set(flags.ACTIVATIONS) == set(vae.ACTIVATIONS)
+    assert set(flags.LIKELIHOODS) == set(vae.LIKELIHOODS)
+    assert set(flags.DATASETS) == set(data.DATASETS)

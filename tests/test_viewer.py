@@ -12,7 +12,7 @@ import time
 from PIL import Image
 
 import main
-from conftest import OFFLINE_ENV, ROOT, VisdomServer, free_port, run_main
+from conftest import OFFLINE_ENV, ROOT, VisdomServer, free_port, metrics, run_main, wait_for
 
 WINDOWS = ("originals", "reconstructions", "samples", "traversal", "interpolation")
 
@@ -75,7 +75,7 @@ def test_a_server_that_never_answers_does_not_stall_training(data_dir, tmp_path)
                           "--visdom-timeout", "1", "--visdom-retry", "0", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "No Visdom server answers" in result.stdout
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [row["epoch"] for row in metrics(out)] == [1, 2, 3]
     assert all((out / f"{name}.png").exists() for name in WINDOWS)
 
 
@@ -105,24 +105,20 @@ def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path)
         path = out / "metrics.jsonl"
         return len(path.read_text().splitlines()) if path.exists() else 0
 
-    def wait_for(condition, what: str) -> None:
-        deadline = time.monotonic() + 120
-        while not condition():
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.1)
+    def until(condition, what: str) -> None:
+        assert wait_for(condition, what, run), run.communicate()
 
     try:
-        wait_for(lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"), "the first windows")
+        until(lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"), "the first windows")
         server.stop()
         killed_at = epochs_done()
-        wait_for(lambda: epochs_done() >= killed_at + 3, "training to go on without the server")
+        until(lambda: epochs_done() >= killed_at + 3, "training to go on without the server")
         (out / "reconstructions.png").unlink()
-        wait_for(lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down")
+        until(lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down")
         server = VisdomServer(tmp_path / "env2", port=server.port)  # a new server, empty, on the same port
         server.env_path.mkdir()
         server.start()
-        wait_for(lambda: "loss" in windows(server, "restart"), "the windows to come back")
+        until(lambda: "loss" in windows(server, "restart"), "the windows to come back")
         shown = windows(server, "restart")
         assert set(WINDOWS) <= set(shown)
         assert int(shown["reconstructions"]["title"].split()[-1]) > killed_at + 3

@@ -1,0 +1,159 @@
+"""Every flag of main.py in one place, with its default and its help.
+
+Nothing here imports torch, so `--help` and a mistyped flag answer at once.
+"""
+
+import argparse
+import math
+import os
+import shutil
+import sys
+
+# The names main.py offers; vae.ACTIVATIONS and data.DATASETS map them to torch's classes.
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu")
+LIKELIHOODS = ("gaussian", "bernoulli")
+DATASETS = ("mnist", "fashion-mnist", "kmnist")
+# Flags that fix the model and its data: a checkpoint must agree with them.
+MODEL_FLAGS = ("dataset", "hidden", "latent_dim", "activation", "likelihood", "binarize")
+# Flags of one invocation that a checkpoint never supplies.
+MODE_FLAGS = ("resume", "evaluate", "generate", "eval_k", "out")
+
+
+def python_command() -> str:
+    """How to call this interpreter from here: `python` when that is it, else its (relative) path."""
+    if shutil.which("python") == sys.executable:
+        return "python"
+    relative = os.path.relpath(sys.executable)
+    return relative if not relative.startswith("..") else sys.executable
+
+
+def main_command() -> str:
+    """The command that runs main.py from the current folder with this interpreter."""
+    script = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py"))
+    return f"{python_command()} {script}"
+
+
+def positive(kind: type, allow_zero: bool = False):
+    """argparse type: a finite number of `kind` above 0 (or at least 0, with allow_zero)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not math.isfinite(value) or not (value >= 0 if allow_zero else value > 0):
+            bound = "at least" if allow_zero else "greater than"
+            raise argparse.ArgumentTypeError(f"must be {bound} 0, got {text}")
+        return value
+
+    return parse
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    value = positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {text}")
+    return value
+
+
+def hidden_sizes(text: str) -> list[int]:
+    """argparse type: comma-separated layer widths such as 256,64."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        message = f"{text!r} is not a comma-separated list of widths such as 256,64"
+        raise argparse.ArgumentTypeError(message) from None
+    if not all(size > 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"widths must be greater than 0, got {text}")
+    return sizes
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is long; --help prints it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {main_command()} --help)\n")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="main.py", description="Train a VAE on MNIST and watch it in Visdom.")
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=positive(int), default=20, help="total epochs to train")
+    train.add_argument("--batch-size", type=positive(int), default=100, help="images per step")
+    train.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate")
+    train.add_argument("--beta", type=positive(float, allow_zero=True), default=1.0,
+                       help="weight of the KL term")
+    train.add_argument("--seed", type=int, default=0, help="seed for everything random")
+
+    model = p.add_argument_group("model and data (a checkpoint keeps these)")
+    model.add_argument("--latent-dim", type=positive(int), default=10, help="latent dimensions")
+    model.add_argument("--hidden", type=hidden_sizes, default=[256, 64],
+                       help="encoder widths; the decoder mirrors them (default: 256,64)")
+    model.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                       help="hidden activation")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian",
+                       help="gaussian: squared error + KL (the design); "
+                       "bernoulli: cross-entropy from logits")
+    model.add_argument("--binarize", choices=("none", "dynamic", "static"), default="none",
+                       help="pixels ~ Bernoulli(intensity) at each use (dynamic) or once (static); "
+                       "the test set once, with a fixed seed")
+    model.add_argument("--dataset", choices=DATASETS, default="mnist", help="torchvision dataset")
+    model.add_argument("--data-dir", default="./data", help="folder holding <Dataset>/raw/")
+
+    run = p.add_argument_group("run: a new one, or one of the three modes on a checkpoint")
+    run.add_argument("--out", help="run folder for checkpoint, metrics and PNGs "
+                     "(default: runs/<timestamp>, or the checkpoint's folder)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
+    mode.add_argument("--evaluate", metavar="CHECKPOINT",
+                      help="no training: test loss and log-likelihood (k from --eval-k: 5000)")
+    mode.add_argument("--generate", metavar="CHECKPOINT",
+                      help="no training: write the samples and latent views as PNGs")
+    run.add_argument("--eval-k", type=positive(int),
+                     help="importance samples for a log-likelihood estimate after training")
+    run.add_argument("--num-images", type=positive(int), default=64, help="images in each grid")
+
+    speed = p.add_argument_group("device and speed")
+    speed.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                       help="auto: CUDA, then MPS, then CPU")
+    speed.add_argument("--threads", type=positive(int),
+                       help="CPU threads for torch (default: torch's choice)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the model with its loss: seconds to compile, "
+                       "faster steps")
+    speed.add_argument("--amp", action="store_true",
+                       help="bf16 autocast for the forward pass (CUDA, or a CPU with bf16 units)")
+
+    visdom = p.add_argument_group("Visdom")
+    visdom.add_argument("--no-visdom", action="store_true", help="contact no server; PNGs only")
+    visdom.add_argument("--visdom-server", default="http://localhost", help="server address")
+    visdom.add_argument("--visdom-port", type=port, default=8097, help="server port")
+    visdom.add_argument("--visdom-env", default="main", help="environment; the page opens on main")
+    visdom.add_argument("--visdom-timeout", type=positive(float), default=2.0,
+                        help="seconds before a request gives up")
+    visdom.add_argument("--visdom-retry", type=positive(float, allow_zero=True), default=30.0,
+                        help="seconds before a lost server is tried again, at an epoch's end")
+    visdom.add_argument("--visdom-log", metavar="FILE",
+                        help="also write every Visdom message to FILE, to replay later")
+    for action in p._actions:  # every help ends with its default
+        if action.default not in (None, False, argparse.SUPPRESS) and action.dest != "hidden":
+            action.help += " (default: %(default)s)"
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def given(argv: list[str]) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def fail(message: str):
+    """Stop as argparse does for a bad flag: one line, exit 2."""
+    build_parser().error(message)
