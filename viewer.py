@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from flags import python_command
 from vae import kl_per_dimension
 
-START_SERVER = "python -m visdom.server -bind_local"
+START_SERVER = f"{python_command()} -m visdom.server -bind_local"
 
 
 def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:

@@ -1,0 +1,28 @@
+# Set up, run and test. Every target first builds .venv if it is missing or older than the
+# requirements. See README.md, Troubleshooting, for why the set-up is more than one pip install.
+PYTHON ?= python3
+BIN := .venv/bin
+
+.PHONY: setup server run test lint
+
+setup: .venv/ready
+
+.venv/ready: requirements.txt tools/visdom_assets.py
+	$(PYTHON) -m venv .venv
+	$(BIN)/pip install "setuptools>=77.0.3,<82"
+	$(BIN)/pip install --no-build-isolation -r requirements.txt
+	$(BIN)/python tools/visdom_assets.py
+	touch $@
+
+server: setup
+	$(BIN)/python -m visdom.server -bind_local
+
+run: setup
+	$(BIN)/python main.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
