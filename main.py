@@ -1,7 +1,7 @@
 """Train a VAE on MNIST and watch test images and their reconstructions in Visdom.
 
-    python -m visdom.server -bind_local    # one terminal (without it: PNGs in the run folder)
-    python main.py                         # another; then open http://localhost:8097
+    make server    # one terminal: Visdom (without it, the pictures go to PNG files)
+    make run       # another (.venv/bin/python main.py); then open http://localhost:8097
 
 Three modes: train (a new run, or --resume one), --evaluate a checkpoint, --generate from one.
 Every flag is in flags.py; the model and its losses in vae.py.

@@ -1,13 +1,17 @@
 """Send a run's Visdom log (main.py --visdom-log FILE) to a Visdom server, to watch the run later.
 
-    python -m visdom.server -bind_local                  # one terminal
-    python tools/replay_visdom_log.py runs/x/visdom.log  # then open http://localhost:8097
+    make server                                                # one terminal
+    .venv/bin/python tools/replay_visdom_log.py runs/x/visdom.log  # then http://localhost:8097
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 from visdom import Visdom
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from flags import python_command  # noqa: E402
 
 
 def main() -> int:
@@ -20,7 +24,8 @@ def main() -> int:
         client = Visdom(server=args.server, port=args.port, use_incoming_socket=False, raise_exceptions=True)
         client.replay_log(args.log)
     except OSError as error:
-        print(f"error: {error}: is a server running? Start one with `python -m visdom.server -bind_local`", file=sys.stderr)
+        print(f"error: {error}: is a server running? Start one with "
+              f"`{python_command()} -m visdom.server -bind_local`", file=sys.stderr)
         return 1
     print(f"replayed {args.log} into {args.server}:{args.port}")
     return 0
