@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, append_metrics, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_metrics
-from data import DATASETS, TEST_BINARIZATION_SEED, DataError, load_images, to_pixels
+from data import DATASETS, DataError, class_names, load_images, load_labels, test_pixels, to_pixels
+from latent import MAP_IMAGES, active_units, latent_map, latent_means
 from vae import ACTIVATIONS, GAUSSIAN_VARIANCE, LIKELIHOODS, VAE, importance_weighted_log_likelihood, kl_divergence, negative_elbo, reconstruction_loss, reparameterize
 from viewer import Viewer, figures, save_pngs
 
@@ -277,8 +278,8 @@ def main(argv: list[str]) -> int:
         for group in optimizer.param_groups:
             group["lr"] = args.lr
     try:
-        test = to_pixels(load_images(args.dataset, args.data_dir, train=False), device,
-                         "none" if args.binarize == "none" else "static", seed=TEST_BINARIZATION_SEED)
+        test = test_pixels(load_images(args.dataset, args.data_dir, train=False), device, args.binarize)
+        map_labels = load_labels(args.dataset, args.data_dir, train=False)[:MAP_IMAGES]
         train = None
         if not (args.evaluate or args.generate):
             train = to_pixels(load_images(args.dataset, args.data_dir, train=True), device, args.binarize, seed=args.seed)
@@ -289,6 +290,7 @@ def main(argv: list[str]) -> int:
         model.start_at_mean_image(train.mean(0))
 
     fixed_images = test[: args.num_images]
+    map_images = test[:MAP_IMAGES]  # the latent map's points and the active units' sample
     fixed_z = torch.randn(args.num_images, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
     nrow = max(1, round(math.sqrt(args.num_images)))
     epoch = checkpoint["epoch"] if checkpoint else 0
@@ -296,7 +298,7 @@ def main(argv: list[str]) -> int:
     metrics_path = out / "metrics.jsonl"
 
     if args.generate:
-        shown = figures(model.eval(), fixed_images, fixed_z, epoch, nrow)
+        shown = figures(model.eval(), fixed_images, fixed_z, epoch, nrow, active_units(latent_means(model, map_images)))
         save_pngs(out, shown)
         print(f"wrote {', '.join(name + '.png' for name in shown)} to {out}")
         return 0
@@ -327,7 +329,9 @@ def main(argv: list[str]) -> int:
             tick = time.perf_counter()
             train_loss = train_epoch(model, loss_fn, optimizer, train, args, epoch, device)
             train_seconds = time.perf_counter() - tick
-            row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, test, args)}
+            means = latent_means(model, map_images)
+            activity = active_units(means)
+            row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, test, args), "active_units": activity.count}
             row.update(epoch_seconds=train_seconds, eval_seconds=time.perf_counter() - tick - train_seconds,
                        elapsed_seconds=time.perf_counter() - start,
                        train_images_per_second=train.shape[0] / train_seconds)
@@ -342,8 +346,10 @@ def main(argv: list[str]) -> int:
             append_metrics(metrics_path, row)
             print(f"epoch {epoch}/{args.epochs}: train {train_loss:.2f}, test {row['test_loss']:.2f} "
                   f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image, "
+                  f"{activity.count} of {args.latent_dim} latent dims active, "
                   f"{train_seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
-            viewer.show(figures(model.eval(), fixed_images, fixed_z, epoch, nrow), history)
+            viewer.show(figures(model.eval(), fixed_images, fixed_z, epoch, nrow, activity), history,
+                        latent_map(means, map_labels, class_names(args.dataset), activity, epoch))
     except KeyboardInterrupt:
         if saved_epoch:
             print(f"\ninterrupted in epoch {epoch}; {checkpoint_path} holds epoch {saved_epoch}. "
