@@ -120,7 +120,7 @@ def class_names(dataset: str) -> list[str]:
     return [name.split(" - ")[0] for name in DATASETS[dataset].classes]  # MNIST's "0 - zero"
 
 
-def test_pixels(images: torch.Tensor, device: torch.device, binarize: str) -> torch.Tensor:
+def to_test_pixels(images: torch.Tensor, device: torch.device, binarize: str) -> torch.Tensor:
     """The test split's pixels as every run sees them: binarized once, with the fixed
     TEST_BINARIZATION_SEED, whenever the run binarizes (dynamically or statically)."""
     return to_pixels(images, device, "none" if binarize == "none" else "static",

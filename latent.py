@@ -92,7 +92,7 @@ def latent_map(mu: torch.Tensor, labels: torch.Tensor, names: list[str], activit
 
 def map_image(latent: LatentMap, size_inches: tuple[float, float] = (7.0, 5.6),
               dpi: int = 100) -> torch.Tensor:
-    """The map as a scatter coloured by class with a legend, rendered by matplotlib: uint8 [3,H,W]."""
+    """The map as a scatter coloured by class with a legend, drawn by matplotlib: uint8 [3,H,W]."""
     figure = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
     canvas = FigureCanvasAgg(figure)
     axes = figure.add_subplot()

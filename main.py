@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, append_metrics, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_metrics
-from data import DATASETS, DataError, class_names, load_images, load_labels, test_pixels, to_pixels
+from data import (DATASETS, DataError, class_names, load_images, load_labels, to_pixels,
+                  to_test_pixels)
 from latent import MAP_IMAGES, active_units, latent_map, latent_means
 from vae import ACTIVATIONS, GAUSSIAN_VARIANCE, LIKELIHOODS, VAE, importance_weighted_log_likelihood, kl_divergence, negative_elbo, reconstruction_loss, reparameterize
 from viewer import Viewer, figures, save_pngs
@@ -278,7 +279,8 @@ def main(argv: list[str]) -> int:
         for group in optimizer.param_groups:
             group["lr"] = args.lr
     try:
-        test = test_pixels(load_images(args.dataset, args.data_dir, train=False), device, args.binarize)
+        test = to_test_pixels(load_images(args.dataset, args.data_dir, train=False), device,
+                              args.binarize)
         map_labels = load_labels(args.dataset, args.data_dir, train=False)[:MAP_IMAGES]
         train = None
         if not (args.evaluate or args.generate):
@@ -298,7 +300,8 @@ def main(argv: list[str]) -> int:
     metrics_path = out / "metrics.jsonl"
 
     if args.generate:
-        shown = figures(model.eval(), fixed_images, fixed_z, epoch, nrow, active_units(latent_means(model, map_images)))
+        activity = active_units(latent_means(model, map_images))
+        shown = figures(model.eval(), fixed_images, fixed_z, epoch, nrow, activity)
         save_pngs(out, shown)
         print(f"wrote {', '.join(name + '.png' for name in shown)} to {out}")
         return 0
@@ -331,7 +334,8 @@ def main(argv: list[str]) -> int:
             train_seconds = time.perf_counter() - tick
             means = latent_means(model, map_images)
             activity = active_units(means)
-            row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, test, args), "active_units": activity.count}
+            row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, test, args),
+                   "active_units": activity.count}
             row.update(epoch_seconds=train_seconds, eval_seconds=time.perf_counter() - tick - train_seconds,
                        elapsed_seconds=time.perf_counter() - start,
                        train_images_per_second=train.shape[0] / train_seconds)
@@ -348,7 +352,8 @@ def main(argv: list[str]) -> int:
                   f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image, "
                   f"{activity.count} of {args.latent_dim} latent dims active, "
                   f"{train_seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
-            viewer.show(figures(model.eval(), fixed_images, fixed_z, epoch, nrow, activity), history,
+            viewer.show(figures(model.eval(), fixed_images, fixed_z, epoch, nrow, activity),
+                        history,
                         latent_map(means, map_labels, class_names(args.dataset), activity, epoch))
     except KeyboardInterrupt:
         if saved_epoch:

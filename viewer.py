@@ -143,8 +143,8 @@ class Viewer:
         if counted:
             self._send("line", np.array([row["active_units"] for row in counted]),
                        np.array([row["epoch"] for row in counted]), win="active_units",
-                       opts=dict(title="active latent dimensions (Cov_x E[z_u] > 0.01)",
-                                 xlabel="epoch", ylabel="active dimensions", ytickmin=0))
+                       opts={"title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
+                             "xlabel": "epoch", "ylabel": "active dimensions", "ytickmin": 0})
 
     def _send_map(self, latent: LatentMap) -> None:
         """The latent map as a Visdom scatter: one trace per class, named in the legend."""
@@ -152,9 +152,9 @@ class Viewer:
             "scatter", latent.points.numpy(),
             (latent.labels + 1).numpy(),  # Visdom's classes are 1..K, one trace for each present
             win="latent_map",
-            opts=dict(title=latent.title, legend=latent.names, markersize=4,
-                      xlabel=latent.axis_labels[0], ylabel=latent.axis_labels[1],
-                      width=640, height=520),
+            opts={"title": latent.title, "legend": latent.names, "markersize": 4,
+                  "xlabel": latent.axis_labels[0], "ylabel": latent.axis_labels[1],
+                  "width": 640, "height": 520},
         )
 
 
@@ -164,16 +164,17 @@ def traversal(decode, start: torch.Tensor, activity: Activity, epoch: int,
     from -3 to 3 around the code `start` [d]; with none active, the one image every code gives."""
     dims = activity.ranked(TRAVERSAL_ROWS)
     if not dims:
-        return (grid(decode(start[None]), 1),
-                f"traversal: no latent dimension is active (0 of {activity.dims}): every code "
-                f"decodes to about this image, epoch {epoch}")
+        title = (f"traversal: no latent dimension is active (0 of {activity.dims}): every code "
+                 f"decodes to about this image, epoch {epoch}")
+        return grid(decode(start[None]), 1), title
     values = torch.linspace(-3.0, 3.0, steps, device=start.device)
     codes = start.repeat(len(dims), steps, 1)
     for row, dim in enumerate(dims):
         codes[row, :, dim] = values
     shown = "" if len(dims) == activity.count else f" (the {len(dims)} most active shown)"
-    return (grid(decode(codes.reshape(-1, activity.dims)), steps),
-            f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, epoch {epoch}")
+    title = (f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, "
+             f"epoch {epoch}")
+    return grid(decode(codes.reshape(-1, activity.dims)), steps), title
 
 
 @torch.inference_mode()
@@ -181,7 +182,7 @@ def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int,
             activity: Activity) -> dict[str, tuple[torch.Tensor, str]]:
     """The windows a run shows, name → (uint8 grid, title), from fixed test images and fixed
     z ~ N(0, I); the traversal sweeps the dimensions `activity` finds active."""
-    mu, logvar = model.encode(images)
+    mu = model.encode(images)[0]
     decode = lambda codes: torch.sigmoid(model.decode(codes).float())  # noqa: E731
     shown = {
         "originals": (grid(images, nrow), "test images (fixed)"),

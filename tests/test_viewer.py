@@ -97,7 +97,8 @@ def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
                              "--server", "http://127.0.0.1", "--port", str(visdom_server.port)],
                             capture_output=True, text=True, timeout=60, env={**OFFLINE_ENV, "PATH": ""})
     assert result.returncode == 0, result.stderr
-    check_windows(windows(visdom_server, "replayed"), epochs=2, active=active_units(tmp_path / "run"))
+    check_windows(windows(visdom_server, "replayed"), epochs=2,
+                  active=active_units(tmp_path / "run"))
 
 
 def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path):
