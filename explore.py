@@ -74,7 +74,7 @@ class Explorer:
         shown = "" if len(self.dims) == self.count else f", the {len(self.dims)} most active"
         self.client.properties(rows, win=VALUES_WINDOW, opts={
             "title": f"{self.count} of {self.latent_dim} dims active{shown} (range on the test "
-                     "images): type a value, Enter", "width": 420, "height": 80 + 37 * len(rows)})
+                     "images): type a value, Enter", "width": 420, "height": 70 + 26 * len(rows)})
         with torch.inference_mode():
             image = torch.sigmoid(self.model.decode(self.code[None])).reshape(1, 28, 28)
         png = base64.b64encode(encode_png(image.mul(255).round().to(torch.uint8)).numpy().tobytes())

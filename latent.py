@@ -66,7 +66,7 @@ def project_2d(mu: torch.Tensor) -> tuple[torch.Tensor, str, tuple[str, str]]:
     strongest = axes.abs().argmax(dim=1)
     axes = axes * axes[torch.arange(2), strongest].sign()[:, None]
     explained = singular[:2].pow(2).sum() / singular.pow(2).sum().clamp_min(1e-12)
-    name = f"PCA of the {d}-D latent means ({100 * explained:.0f}% of their variance)"
+    name = f"PCA of the {d}-D means ({100 * explained:.0f}% of their variance)"
     return centred @ axes.T, name, ("PC1", "PC2")
 
 
@@ -85,7 +85,7 @@ def latent_map(mu: torch.Tensor, labels: torch.Tensor, names: list[str], activit
                epoch: int) -> LatentMap:
     """The latent map of the means mu [N, d] of N labelled images, titled with its projection."""
     points, projection, axis_labels = project_2d(mu)
-    title = (f"latent map: {projection}, {len(points)} test images, "
+    title = (f"latent map of {len(points)} test images: {projection}; "
              f"{activity.count} of {activity.dims} dims active, epoch {epoch}")
     return LatentMap(points.cpu(), labels.cpu(), names, title, axis_labels)
 

@@ -144,7 +144,7 @@ class Viewer:
             self._send("line", np.array([row["active_units"] for row in counted]),
                        np.array([row["epoch"] for row in counted]), win="active_units",
                        opts={"title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
-                             "xlabel": "epoch", "ylabel": "active dimensions", "ytickmin": 0})
+                             "xlabel": "epoch", "ylabel": "active dimensions", "ytickstep": 1})
 
     def _send_map(self, latent: LatentMap) -> None:
         """The latent map as a Visdom scatter: one trace per class, named in the legend."""
@@ -154,7 +154,7 @@ class Viewer:
             win="latent_map",
             opts={"title": latent.title, "legend": latent.names, "markersize": 4,
                   "xlabel": latent.axis_labels[0], "ylabel": latent.axis_labels[1],
-                  "width": 640, "height": 520},
+                  "width": 760, "height": 500},
         )
 
 

@@ -60,7 +60,7 @@ def test_the_projection_of_a_2d_latent_keeps_its_geometry():
     embedded = torch.cat([points, torch.zeros(300, 4)], dim=1) @ rotation.T + 5.0
     projected, name, axes = project_2d(embedded)
     assert projected.shape == (300, 2) and axes == ("PC1", "PC2")
-    assert name == "PCA of the 6-D latent means (100% of their variance)"
+    assert name == "PCA of the 6-D means (100% of their variance)"
     exact = "donot_use_mm_for_euclid_dist"
     assert torch.allclose(torch.cdist(projected, projected, compute_mode=exact),
                           torch.cdist(points, points, compute_mode=exact), atol=1e-4)
@@ -92,7 +92,7 @@ def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path
     traces = shown["latent_map"]["content"]["data"]
     assert [trace["name"] for trace in traces] == names
     assert all(len(trace["x"]) == len(trace["y"]) == 40 for trace in traces)
-    assert shown["latent_map"]["title"].startswith("latent map: PCA of the 5-D latent means")
+    assert shown["latent_map"]["title"].startswith("latent map of 400 test images: PCA of the 5-D")
     assert "5 of 5 dims active, epoch 1" in shown["latent_map"]["title"]
     assert shown["active_units"]["content"]["data"][0]["y"] == [5]
     assert (tmp_path / "latent_map.png").read_bytes()[:4] == b"\x89PNG"

@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("url", help="the Visdom page, e.g. http://localhost:8097/env/main")
     parser.add_argument("png", help="where to write the screenshot")
     parser.add_argument("--panes", type=int, default=6,
-                        help="wait until at least this many panes have content (default: %(default)s)")
+                        help="wait until this many panes have content (default: %(default)s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as profile:
         try:
