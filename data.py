@@ -112,8 +112,8 @@ def check_split(dataset: str, root: str | Path, train: bool) -> None:
         raise DataError(f"{images} holds no images: replace it with a good copy")
 
 
-def load_images(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
-    """One split's images as a uint8 tensor [N, 28, 28], downloading the files if none are there."""
+def _checked_split(dataset: str, root: str | Path, train: bool) -> datasets.VisionDataset:
+    """One split as torchvision's dataset, after checking its files (downloading them if absent)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     root = Path(root)
@@ -122,7 +122,29 @@ def load_images(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
     if not all((folder / name).exists() for name in file_names(dataset)):
         _download(dataset, root)
     check_split(dataset, root, train)
-    return DATASETS[dataset](str(root), train=train, download=False).data
+    return DATASETS[dataset](str(root), train=train, download=False)
+
+
+def load_images(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
+    """One split's images as a uint8 tensor [N, 28, 28], downloading the files if none are there."""
+    return _checked_split(dataset, root, train).data
+
+
+def load_labels(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
+    """One split's labels as an int64 tensor [N] of class indices (see class_names)."""
+    return _checked_split(dataset, root, train).targets
+
+
+def class_names(dataset: str) -> list[str]:
+    """The names of the class indices: digits for MNIST, torchvision's names for the others."""
+    return [name.split(" - ")[0] for name in DATASETS[dataset].classes]  # MNIST's "0 - zero"
+
+
+def to_test_pixels(images: torch.Tensor, device: torch.device, binarize: str) -> torch.Tensor:
+    """The test split's pixels as every run sees them: binarized once, with the fixed
+    TEST_BINARIZATION_SEED, whenever the run binarizes (dynamically or statically)."""
+    return to_pixels(images, device, "none" if binarize == "none" else "static",
+                     seed=TEST_BINARIZATION_SEED)
 
 
 def to_pixels(

@@ -20,6 +20,7 @@ import math  # noqa: E402
 import time  # noqa: E402
 from argparse import Namespace  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -34,7 +35,15 @@ from checkpoint import (  # noqa: E402
     set_rng_state,
     write_metrics,
 )
-from data import TEST_BINARIZATION_SEED, DataError, load_images, to_pixels  # noqa: E402
+from data import (  # noqa: E402
+    DataError,
+    class_names,
+    load_images,
+    load_labels,
+    to_pixels,
+    to_test_pixels,
+)
+from latent import MAP_IMAGES, active_units, latent_map, latent_means  # noqa: E402
 from vae import (  # noqa: E402
     GAUSSIAN_LOG_NORMALIZER,
     VAE,
@@ -148,13 +157,22 @@ def restore(model: VAE, optimizer: torch.optim.Adam | None, checkpoint: dict, ar
                               "start a new run or give the flags it was made with") from None
 
 
-def load_split(args: Namespace, device: torch.device, train: bool) -> torch.Tensor:
-    """A split as float pixels [N,784] on the device; the test set is binarized once, seeded."""
-    images = load_images(args.dataset, args.data_dir, train=train)
-    if train:
-        return to_pixels(images, device, args.binarize, seed=args.seed)
-    binarize = "none" if args.binarize == "none" else "static"
-    return to_pixels(images, device, binarize, seed=TEST_BINARIZATION_SEED)
+class Data(NamedTuple):
+    """The splits as float pixels [N,784] on the device, and the labels of the latent map's images."""
+
+    train: torch.Tensor | None
+    test: torch.Tensor
+    map_labels: torch.Tensor
+
+
+def load_data(args: Namespace, device: torch.device, train: bool = True) -> Data:
+    """The test split (binarized once, seeded, when the run binarizes), and the training split."""
+    images = load_images(args.dataset, args.data_dir, train=True) if train else None
+    return Data(
+        to_pixels(images, device, args.binarize, seed=args.seed) if train else None,
+        to_test_pixels(load_images(args.dataset, args.data_dir, train=False), device, args.binarize),
+        load_labels(args.dataset, args.data_dir, train=False)[:MAP_IMAGES],
+    )
 
 
 # ---- Training: the loss of a batch, an epoch, the test set ----
@@ -273,8 +291,10 @@ def run_generation(args: Namespace, checkpoint: dict, device: torch.device) -> i
     """--generate: the pictures of a checkpoint as PNGs, no training."""
     model = build_model(args, device)
     restore(model, None, checkpoint, args)
-    images, z, nrow = fixed_inputs(args, load_split(args, device, train=False), device)
-    shown = figures(model.eval(), images, z, checkpoint["epoch"], nrow)
+    test = load_data(args, device, train=False).test
+    images, z, nrow = fixed_inputs(args, test, device)
+    activity = active_units(latent_means(model, test[:MAP_IMAGES]))
+    shown = figures(model.eval(), images, z, checkpoint["epoch"], nrow, activity)
     save_pngs(Path(args.out), shown)
     print(f"wrote {', '.join(name + '.png' for name in shown)} to {args.out}")
     return 0
@@ -284,7 +304,7 @@ def run_evaluation(args: Namespace, checkpoint: dict, device: torch.device) -> i
     """--evaluate: the test loss and an importance-weighted log-likelihood of a checkpoint."""
     model = build_model(args, device)
     restore(model, None, checkpoint, args)
-    test = load_split(args, device, train=False)
+    test = load_data(args, device, train=False).test
     elbo = evaluate(model, test, args)
     print(f"test loss {elbo['test_loss']:.2f} per image (reconstruction {elbo['test_recon']:.2f} "
           f"+ KL {elbo['test_kl']:.2f})")
@@ -293,28 +313,31 @@ def run_evaluation(args: Namespace, checkpoint: dict, device: torch.device) -> i
     return 0
 
 
-def describe(args: Namespace, train: torch.Tensor, test: torch.Tensor, device, epoch: int) -> str:
+def describe(args: Namespace, data: Data, device, epoch: int) -> str:
     """The run's first line: where, what data, which model, which settings."""
     sizes = "-".join(map(str, [784, *args.hidden, args.latent_dim]))
-    return (f"run {args.out}: {args.dataset} ({train.shape[0]} train, {test.shape[0]} test images) "
+    return (f"run {args.out}: {args.dataset} ({len(data.train)} train, {len(data.test)} test images) "
             f"on {device}, VAE {sizes} {args.activation}, {args.likelihood} likelihood, "
             f"binarize {args.binarize}, beta {args.beta}, epochs {epoch + 1}..{args.epochs}, "
             f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}")
 
 
-def train_epochs(args, model, optimizer, train, test, device, viewer, history: list[dict]) -> None:
+def train_epochs(args, model, optimizer, data: Data, device, viewer, history: list[dict]) -> None:
     """Train until args.epochs; after each epoch evaluate, save, log and show."""
     out, loss_fn = Path(args.out), loss_function(args)
-    images, z, nrow = fixed_inputs(args, test, device)
+    images, z, nrow = fixed_inputs(args, data.test, device)
     start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     for epoch in range(len(history) + 1, args.epochs + 1):
         tick = time.perf_counter()
-        train_loss = train_epoch(model, loss_fn, optimizer, train, args, epoch, device)
+        train_loss = train_epoch(model, loss_fn, optimizer, data.train, args, epoch, device)
         seconds = time.perf_counter() - tick
-        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, test, args)}
+        means = latent_means(model, data.test[:MAP_IMAGES])  # the map's points
+        activity = active_units(means)
+        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, data.test, args),
+               "active_units": activity.count}
         row.update(epoch_seconds=seconds, eval_seconds=time.perf_counter() - tick - seconds,
                    elapsed_seconds=time.perf_counter() - start,
-                   train_images_per_second=train.shape[0] / seconds)
+                   train_images_per_second=len(data.train) / seconds)
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise NonFiniteLoss(f"the weights became non-finite in epoch {epoch}")
         with ctrl_c_held():  # the epoch's checkpoint and metrics line: both written, or neither
@@ -326,8 +349,11 @@ def train_epochs(args, model, optimizer, train, test, device, viewer, history: l
             append_metrics(out / "metrics.jsonl", row)
         print(f"epoch {epoch}/{args.epochs}: train {train_loss:.2f}, test {row['test_loss']:.2f} "
               f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image, "
+              f"{activity.count} of {args.latent_dim} latent dims active, "
               f"{seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
-        viewer.show(figures(model.eval(), images, z, epoch, nrow), history)
+        names = class_names(args.dataset)
+        viewer.show(figures(model.eval(), images, z, epoch, nrow, activity), history,
+                    latent_map(means, data.map_labels, names, activity, epoch))
 
 
 def run_training(args: Namespace, checkpoint: dict | None, device: torch.device) -> int:
@@ -336,20 +362,20 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
     optimizer = build_optimizer(model, args)
     if checkpoint:
         restore(model, optimizer, checkpoint, args)
-    test, train = load_split(args, device, train=False), load_split(args, device, train=True)
+    data = load_data(args, device)
     history = checkpoint["history"] if checkpoint else []
     if checkpoint:
         set_rng_state(checkpoint["rng"], device)
         write_metrics(out / "metrics.jsonl", history, checkpoint["epoch"])
     else:
-        model.start_at_mean_image(train.mean(0))
+        model.start_at_mean_image(data.train.mean(0))
     server = None if args.no_visdom else args.visdom_server
     viewer = Viewer(out, server, args.visdom_port, args.visdom_env, args.visdom_timeout,
                     args.visdom_retry, args.visdom_log)
     (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    print(describe(args, train, test, device, len(history)))
+    print(describe(args, data, device, len(history)))
     try:
-        train_epochs(args, model, optimizer, train, test, device, viewer, history)
+        train_epochs(args, model, optimizer, data, device, viewer, history)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {interrupted_note(out, history)}")
         return 130
@@ -359,7 +385,8 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
               file=sys.stderr)
         return 1
     if args.eval_k:
-        append_metrics(out / "metrics.jsonl", log_likelihood(model, test, args, args.eval_k, len(history)))
+        row = log_likelihood(model, data.test, args, args.eval_k, len(history))
+        append_metrics(out / "metrics.jsonl", row)
     look = f"http://localhost:{args.visdom_port} (env {args.visdom_env})" if viewer.online else f"{out}/*.png"
     print(f"done: test loss {history[-1]['test_loss']:.2f} per image after {plural(len(history), 'epoch')}; "
           f"run folder {out}; look at {look}; metrics in {out / 'metrics.jsonl'}")

@@ -15,9 +15,26 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from flags import python_command
-from vae import kl_per_dimension
+from latent import Activity, LatentMap, map_image
 
 START_SERVER = f"{python_command()} -m visdom.server -bind_local"
+TRAVERSAL_ROWS = 10  # at most this many active dimensions in the traversal
+
+
+def visdom_client(server: str, port: int, env: str, timeout: float, **options):
+    """A visdom.Visdom client whose every request gives up after `timeout` seconds (the stock
+    client has no timeout), raising its errors; ImportError when visdom is not installed."""
+    import visdom
+
+    logging.getLogger("visdom").setLevel(logging.CRITICAL)
+
+    class TimeoutVisdom(visdom.Visdom):
+        """The stock client with a timeout on every request, through the hook it documents."""
+
+        def _handle_post(self, url: str, data: str | None = None) -> str:
+            return self.session.post(url, data=data or {}, timeout=timeout).text
+
+    return TimeoutVisdom(server=server, port=port, env=env, raise_exceptions=True, **options)
 
 
 def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -57,23 +74,13 @@ class Viewer:
         if server is None and log_file is None:
             return
         try:
-            import visdom
+            # Built offline so that the constructor sends nothing; _probe() goes online.
+            self.client = visdom_client(server or "localhost", port, env, timeout, offline=True,
+                                        log_to_filename=log_file or os.devnull,
+                                        use_incoming_socket=False)
         except ImportError:
             print("visdom is not installed (see README.md, Set up): saving PNGs only")
             return
-        logging.getLogger("visdom").setLevel(logging.CRITICAL)
-
-        class TimeoutVisdom(visdom.Visdom):
-            """The stock client with a timeout on every request, through the hook it documents."""
-
-            def _handle_post(self, url: str, data: str | None = None) -> str:
-                return self.session.post(url, data=data or {}, timeout=timeout).text
-
-        # Built offline so that the constructor sends nothing; _probe() goes online.
-        self.client = TimeoutVisdom(
-            server=server or "localhost", port=port, env=env, offline=True,
-            log_to_filename=log_file or os.devnull, use_incoming_socket=False, raise_exceptions=True,
-        )
         self.client.log_to_filename = log_file
         if self.server and not self._probe():
             print(
@@ -108,9 +115,13 @@ class Viewer:
             self._go_offline()
             print(f"Visdom server at {self.server} stopped answering: saving PNGs, will try again later")
 
-    def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict]) -> None:
-        """Write each grid (name → (uint8 image, title)) as PNG, then send it and the loss plot."""
+    def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict],
+             latent: LatentMap | None = None) -> None:
+        """Write each grid (name → (uint8 image, title)) as PNG, and the latent map as
+        latent_map.png; then send them, the loss plot and the active units per epoch."""
         save_pngs(self.out, grids)
+        if latent is not None:
+            save_pngs(self.out, {"latent_map": (map_image(latent), latent.title)})
         if self.client is None:
             return
         if self.server and self.client.offline and time.monotonic() - self.lost_at >= self.retry_seconds:
@@ -127,12 +138,52 @@ class Viewer:
             opts=dict(title="loss per image", legend=["train", "test"],
                       xlabel="epoch", ylabel="loss per image"),
         )
+        if latent is not None:
+            self._send_map(latent)
+        counted = [row for row in history if "active_units" in row]  # older runs lack it
+        if counted:
+            self._send("line", np.array([row["active_units"] for row in counted]),
+                       np.array([row["epoch"] for row in counted]), win="active_units",
+                       opts={"title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
+                             "xlabel": "epoch", "ylabel": "active dimensions", "ytickstep": 1})
+
+    def _send_map(self, latent: LatentMap) -> None:
+        """The latent map as a Visdom scatter: one trace per class, named in the legend."""
+        self._send(
+            "scatter", latent.points.numpy(),
+            (latent.labels + 1).numpy(),  # Visdom's classes are 1..K, one trace for each present
+            win="latent_map",
+            opts={"title": latent.title, "legend": latent.names, "markersize": 4,
+                  "xlabel": latent.axis_labels[0], "ylabel": latent.axis_labels[1],
+                  "width": 760, "height": 500},
+        )
+
+
+def traversal(decode, start: torch.Tensor, activity: Activity, epoch: int,
+              steps: int) -> tuple[torch.Tensor, str]:
+    """Rows that sweep each active dimension (largest variance first, at most TRAVERSAL_ROWS)
+    from -3 to 3 around the code `start` [d]; with none active, the one image every code gives."""
+    dims = activity.ranked(TRAVERSAL_ROWS)
+    if not dims:
+        title = (f"traversal: no latent dimension is active (0 of {activity.dims}): every code "
+                 f"decodes to about this image, epoch {epoch}")
+        return grid(decode(start[None]), 1), title
+    values = torch.linspace(-3.0, 3.0, steps, device=start.device)
+    codes = start.repeat(len(dims), steps, 1)
+    for row, dim in enumerate(dims):
+        codes[row, :, dim] = values
+    shown = "" if len(dims) == activity.count else f" (the {len(dims)} most active shown)"
+    title = (f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, "
+             f"epoch {epoch}")
+    return grid(decode(codes.reshape(-1, activity.dims)), steps), title
 
 
 @torch.inference_mode()
-def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int) -> dict[str, tuple[torch.Tensor, str]]:
-    """The windows a run shows, name → (uint8 grid, title), from fixed test images and fixed z ~ N(0, I)."""
-    mu, logvar = model.encode(images)
+def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int,
+            activity: Activity) -> dict[str, tuple[torch.Tensor, str]]:
+    """The windows a run shows, name → (uint8 grid, title), from fixed test images and fixed
+    z ~ N(0, I); the traversal sweeps the dimensions `activity` finds active."""
+    mu = model.encode(images)[0]
     decode = lambda codes: torch.sigmoid(model.decode(codes).float())  # noqa: E731
     shown = {
         "originals": (grid(images, nrow), "test images (fixed)"),
@@ -145,15 +196,7 @@ def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int)
         codes = torch.cartesian_prod(quantiles.flip(0), quantiles)[:, [1, 0]]
         shown["manifold"] = (grid(decode(codes), steps), f"latent manifold (prior quantiles), epoch {epoch}")
     else:
-        # The dimensions the encoder uses most (largest KL), each swept from -3 to 3 around the first image's code.
-        usage = kl_per_dimension(mu, logvar).mean(0)
-        dims = usage.argsort(descending=True)[: min(10, model.latent_dim)]
-        values = torch.linspace(-3.0, 3.0, steps, device=z.device)
-        codes = mu[0].repeat(len(dims), steps, 1)
-        for row, dim in enumerate(dims):
-            codes[row, :, dim] = values
-        shown["traversal"] = (grid(decode(codes.reshape(-1, model.latent_dim)), steps),
-                              f"traversal: {len(dims)} most used dims, -3..3, epoch {epoch}")
+        shown["traversal"] = traversal(decode, mu[0], activity, epoch, steps)
     pairs = min(4, images.shape[0] // 2)
     weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
     start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]

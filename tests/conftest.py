@@ -148,21 +148,41 @@ def metrics(out: Path) -> list[dict]:
     return read_metrics(out / "metrics.jsonl")
 
 
-def wait_for(condition, what: str, process=None, seconds: float = 120, poll: float = 0.05) -> bool:
-    """Poll until condition() holds (True) or `process` has ended (False). `seconds` is only a
-    safety limit against a hang: reaching it fails the test."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if process is not None and process.poll() is not None:
-            return False
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(poll)
-    return True
-
-
 def run_main(*args: str, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
     """Run main.py in a subprocess with a loopback-only network, returning its output."""
     env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory) -> Path:
+    """The folder of a two-epoch run on the tiny MNIST files (it has active latent dimensions)."""
+    import main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir",
+                      str(data_dir), "--out", str(out), "--no-visdom"]) == 0
+    return out
+
+
+def start_explorer(checkpoint: Path, server: VisdomServer, env: str) -> subprocess.Popen:
+    """explore.py in a subprocess against `server`, with a loopback-only network."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "explore.py"), str(checkpoint), "--visdom-server",
+         "http://127.0.0.1", "--visdom-port", str(server.port), "--visdom-env", env],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(condition, what: str, process: subprocess.Popen | None = None,
+             seconds: float = 120, poll: float = 0.1) -> None:
+    """Poll until condition(); fail if `process` exits first, or after `seconds`: a safety limit
+    against a hang, never a measure of speed."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the process exited while waiting for {what}: {process.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(poll)

@@ -41,9 +41,11 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
         first_line = run.stdout.readline()  # printed once the data is loaded, just before training
         assert f"epochs {before + 1}..{epochs}" in first_line  # continues after the last finished epoch
         # a kill comes after the first checkpoint, however slow the machine
-        wait_for(checkpoint.exists, "the first checkpoint", run, poll=0.01)
+        ended = lambda: run.poll() is not None  # noqa: E731 (a resumed run may finish first)
+        wait_for(lambda: checkpoint.exists() or ended(), "the first checkpoint", poll=0.01)
         if kills % 2:  # during a checkpoint write: as soon as the temporary file appears
-            wait_for((out / "checkpoint.pt.tmp").exists, "a checkpoint write", run, poll=0.0)
+            tmp = out / "checkpoint.pt.tmp"
+            wait_for(lambda: tmp.exists() or ended(), "a checkpoint write", poll=0.0)
         else:  # at a random moment, mostly inside an epoch
             time.sleep(rng.uniform(0.0, 1.5))
         run.send_signal(signal.SIGKILL)

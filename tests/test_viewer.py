@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -26,11 +27,19 @@ def image_size(window: dict) -> tuple[int, int]:
     return Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).size
 
 
-def check_windows(shown: dict, epochs: int, num_images: int = 16) -> None:
+def active_units(out) -> int:
+    """The active units of the last epoch in a run folder's metrics.jsonl."""
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+
+
+def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -> None:
     side = 2 + int(num_images**0.5) * 30  # make_grid: 28-pixel images with 2-pixel padding
     for name in ("originals", "reconstructions", "samples"):
         assert image_size(shown[name]) == (side, side), name
-    assert image_size(shown["traversal"]) == (2 + 10 * 30, 2 + 10 * 30)
+    # One row per active dimension (these tiny runs have some, and at most the 10 there are).
+    assert re.fullmatch(rf"traversal: {active} of 10 dims active, -3\.\.3, epoch {epochs}",
+                        shown["traversal"]["title"]), shown["traversal"]["title"]
+    assert 0 < active and image_size(shown["traversal"]) == (2 + 10 * 30, 2 + active * 30)
     assert shown["originals"]["title"] == "test images (fixed)"
     assert shown["reconstructions"]["title"] == f"reconstructions, epoch {epochs}"
     lines = {trace["name"]: trace for trace in shown["loss"]["content"]["data"]}
@@ -46,13 +55,13 @@ def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
     code = main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
                       "--out", str(out), *visdom_flags(visdom_server, "e2e")])
     assert code == 0
-    check_windows(windows(visdom_server, "e2e"), epochs=2)
+    check_windows(windows(visdom_server, "e2e"), epochs=2, active=active_units(out))
     # A resumed run continues the plot; a new run in the same env starts it afresh.
     assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3"]) == 0
-    check_windows(windows(visdom_server, "e2e"), epochs=3)
+    check_windows(windows(visdom_server, "e2e"), epochs=3, active=active_units(out))
     assert main.main(["--epochs", "1", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
                       "--out", str(tmp_path / "new"), *visdom_flags(visdom_server, "e2e")]) == 0
-    check_windows(windows(visdom_server, "e2e"), epochs=1)
+    check_windows(windows(visdom_server, "e2e"), epochs=1, active=active_units(tmp_path / "new"))
 
 
 def test_no_server_trains_and_writes_pngs(data_dir, tmp_path):
@@ -88,7 +97,8 @@ def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
                              "--server", "http://127.0.0.1", "--port", str(visdom_server.port)],
                             capture_output=True, text=True, timeout=60, env={**OFFLINE_ENV, "PATH": ""})
     assert result.returncode == 0, result.stderr
-    check_windows(windows(visdom_server, "replayed"), epochs=2)
+    check_windows(windows(visdom_server, "replayed"), epochs=2,
+                  active=active_units(tmp_path / "run"))
 
 
 def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path):
@@ -105,20 +115,17 @@ def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path)
         path = out / "metrics.jsonl"
         return len(path.read_text().splitlines()) if path.exists() else 0
 
-    def until(condition, what: str) -> None:
-        assert wait_for(condition, what, run), run.communicate()
-
     try:
-        until(lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"), "the first windows")
+        wait_for(lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"), "the first windows", run)
         server.stop()
         killed_at = epochs_done()
-        until(lambda: epochs_done() >= killed_at + 3, "training to go on without the server")
+        wait_for(lambda: epochs_done() >= killed_at + 3, "training to go on without the server", run)
         (out / "reconstructions.png").unlink()
-        until(lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down")
+        wait_for(lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down", run)
         server = VisdomServer(tmp_path / "env2", port=server.port)  # a new server, empty, on the same port
         server.env_path.mkdir()
         server.start()
-        until(lambda: "loss" in windows(server, "restart"), "the windows to come back")
+        wait_for(lambda: "loss" in windows(server, "restart"), "the windows to come back", run)
         shown = windows(server, "restart")
         assert set(WINDOWS) <= set(shown)
         assert int(shown["reconstructions"]["title"].split()[-1]) > killed_at + 3

@@ -13,9 +13,11 @@ import time
 
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1600,1100"]
-# Every pane's text (title included), its loaded images' pixel sizes, and its plot traces (name, x).
+# Every pane's text (title included), its loaded images' pixel sizes, its plot traces (name, x),
+# and the number of its input fields (a properties pane's values).
 PANES = """return Array.from(document.querySelectorAll('.react-grid-item')).map(pane => ({
     text: pane.innerText,
+    inputs: pane.querySelectorAll('input').length,
     images: Array.from(pane.querySelectorAll('img')).filter(i => i.complete).map(i => [i.naturalWidth, i.naturalHeight]),
     traces: Array.from(pane.querySelectorAll('.js-plotly-plot')).flatMap(p => p.data.map(t => [t.name, Array.from(t.x)])),
 }))"""
@@ -54,6 +56,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", help="the Visdom page, e.g. http://localhost:8097/env/main")
     parser.add_argument("png", help="where to write the screenshot")
+    parser.add_argument("--panes", type=int, default=6,
+                        help="wait until this many panes have content (default: %(default)s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as profile:
         try:
@@ -63,7 +67,8 @@ def main() -> int:
             return 1
         try:
             driver.get(args.url)
-            panes = wait_for_panes(driver, lambda panes: len(panes) >= 6 and all(p["images"] or p["traces"] for p in panes))
+            panes = wait_for_panes(driver, lambda panes: len(panes) >= args.panes and all(
+                p["images"] or p["traces"] or p["inputs"] for p in panes))
             driver.save_screenshot(args.png)
         finally:
             driver.quit()

@@ -1,0 +1,173 @@
+"""Explore a trained VAE's latent space live in Visdom: set the active dimensions, see the image.
+
+    make server                                          # one terminal
+    .venv/bin/python explore.py runs/X/checkpoint.pt     # another; open the page it prints
+
+A properties pane lists the active latent dimensions (Burda et al.'s criterion, on the first
+test images) with their values; type a value, press Enter, and the decoded image beside it
+changes. Ctrl-C stops the explorer (exit 0); if the server goes away it says so and exits (1).
+"""
+
+import argparse
+import base64
+import queue
+import sys
+
+import torch
+from torchvision.io import encode_png
+
+from checkpoint import CheckpointError, load_checkpoint
+from flags import port
+from data import DataError, load_images, to_test_pixels
+from latent import MAP_IMAGES, active_units, latent_means
+from main import build_model, restore
+from vae import VAE
+from viewer import START_SERVER, visdom_client
+
+VALUES_WINDOW, IMAGE_WINDOW = "explorer_values", "explorer_image"
+MAX_DIMS = 32  # at most this many active dimensions get a value to set, the most active first
+CHECK_SECONDS = 1.0  # how often, while no value changes, the server is asked if it is there
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="explore.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a run's checkpoint.pt, written by main.py")
+    p.add_argument("--data-dir", help="folder holding <Dataset>/raw/ (default: the run's)")
+    p.add_argument("--visdom-server", default="http://localhost", help="(default: %(default)s)")
+    p.add_argument("--visdom-port", type=port, default=8097, help="(default: %(default)s)")
+    p.add_argument("--visdom-env", default="explore", help="(default: %(default)s)")
+    p.add_argument("--visdom-timeout", type=float, default=5.0,
+                   help="seconds before a Visdom request gives up (default: %(default)s)")
+    return p
+
+
+class Explorer:
+    """The model, the active dimensions and the code being shown; draws both panes."""
+
+    def __init__(self, model: VAE, means: torch.Tensor, client) -> None:
+        self.model, self.client = model, client
+        activity = active_units(means)
+        self.dims = activity.ranked(MAX_DIMS)
+        self.count, self.latent_dim = activity.count, activity.dims
+        self.start = means.mean(dim=0)  # the centre of the test images' codes
+        self.low, self.high = means.min(dim=0).values, means.max(dim=0).values
+        self.code = self.start.clone()
+
+    def set_value(self, property_id: int, text: str) -> None:
+        """Apply one PropertyUpdate: a new value for a dimension, or the reset button."""
+        if property_id == len(self.dims):
+            self.code = self.start.clone()
+            return
+        try:
+            value = float(text)
+        except ValueError:
+            return  # not a number: the redrawn pane shows the value in force
+        if property_id < len(self.dims) and abs(value) < 1e6:
+            self.code[self.dims[property_id]] = value
+
+    def draw(self) -> None:
+        """Send the values pane and the decoded image of the current code."""
+        rows = [{"type": "text", "value": f"{float(self.code[u]):.2f}",
+                 "name": f"z{u + 1} ({self.low[u]:.1f}..{self.high[u]:.1f})"}
+                for u in self.dims]
+        rows.append({"type": "button", "name": "back to the centre of the test images",
+                     "value": "reset"})
+        shown = "" if len(self.dims) == self.count else f", the {len(self.dims)} most active"
+        self.client.properties(rows, win=VALUES_WINDOW, opts={
+            "title": f"{self.count} of {self.latent_dim} dims active{shown} (range on the test "
+                     "images): type a value, Enter", "width": 420, "height": 70 + 26 * len(rows)})
+        with torch.inference_mode():
+            image = torch.sigmoid(self.model.decode(self.code[None])).reshape(1, 28, 28)
+        png = base64.b64encode(encode_png(image.mul(255).round().to(torch.uint8)).numpy().tobytes())
+        # A text pane holding the PNG: Visdom's image panes swallow every key typed on the page.
+        self.client.text(f'<img src="data:image/png;base64,{png.decode()}" width="224" '
+                         'height="224" style="image-rendering: pixelated">', win=IMAGE_WINDOW,
+                         opts={"title": "decoded image (Ctrl-C in the terminal stops)",
+                               "width": 260, "height": 290})
+
+
+def load_model(checkpoint: dict) -> VAE:
+    """The checkpoint's model in eval mode on the CPU, built and loaded as main.py does."""
+    args = argparse.Namespace(**checkpoint["args"])
+    model = build_model(args, torch.device("cpu"))
+    restore(model, None, checkpoint, args)
+    return model.eval()
+
+
+def serve(explorer: Explorer, client, events: "queue.Queue[dict]", server: str) -> int:
+    """Redraw on every value change until the server goes away (1); Ctrl-C ends it in main."""
+    try:
+        explorer.draw()
+        while True:
+            try:
+                event = events.get(timeout=CHECK_SECONDS)
+            except queue.Empty:
+                # No change: is the server still there? The client's socket never says (its
+                # on_close has the signature of an old websocket-client, so it is never called).
+                client.get_env_list()
+                continue
+            explorer.set_value(int(event["propertyId"]), str(event["value"]))
+            explorer.draw()
+    except (OSError, ValueError):  # refused, timed out, or not a Visdom answer
+        print(f"the Visdom server at {server} went away: explorer stopped; "
+              f"start it again with `{START_SERVER}` and rerun explore.py", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    """Run the explorer until Ctrl-C (exit 0) or an error (its one line, exit 1 or 2)."""
+    try:
+        return explore(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        print("\nexplorer stopped (Ctrl-C)")
+        return 0
+
+
+def explore(args: argparse.Namespace) -> int:
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = load_model(checkpoint)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    saved = checkpoint["args"]
+    try:
+        images = load_images(saved["dataset"], args.data_dir or saved["data_dir"], train=False)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    means = latent_means(model, to_test_pixels(images[:MAP_IMAGES], torch.device("cpu"),
+                                            saved["binarize"]))
+    server = f"{args.visdom_server}:{args.visdom_port}"
+    try:
+        probe = visdom_client(args.visdom_server, args.visdom_port, args.visdom_env,
+                              args.visdom_timeout, use_incoming_socket=False)
+        probe.get_env_list()
+        client = visdom_client(args.visdom_server, args.visdom_port, args.visdom_env,
+                               args.visdom_timeout, use_incoming_socket=True)
+    except (OSError, ValueError):
+        print(f"error: no Visdom server answers at {server}: start one with `{START_SERVER}` "
+              "and run explore.py again", file=sys.stderr)
+        return 1
+    if not client.socket_alive:
+        print(f"error: the Visdom server at {server} answers but its event socket does not: "
+              "restart it and run explore.py again", file=sys.stderr)
+        return 1
+    explorer = Explorer(model, means, client)
+    if not explorer.dims:
+        print(f"no latent dimension of this model is active (0 of {explorer.latent_dim}): every "
+              "code decodes to about the same image, there is nothing to explore", file=sys.stderr)
+        return 1
+    events: queue.Queue[dict] = queue.Queue()
+    client.register_event_handler(
+        lambda event: events.put(event) if event.get("event_type") == "PropertyUpdate" else None,
+        VALUES_WINDOW)
+    print(f"explorer: {server}/env/{args.visdom_env} shows {explorer.count} of "
+          f"{explorer.latent_dim} active latent dimensions; set a value and press Enter. "
+          "Ctrl-C stops it.", flush=True)
+    return serve(explorer, client, events, server)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""The latent space: active units, the 2-D projection, the map in Visdom, and explore.py's ends."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import OFFLINE_ENV, ROOT, free_port, run_main, start_explorer, wait_for
+from data import class_names, load_images, to_test_pixels
+from explore import IMAGE_WINDOW
+from latent import ACTIVE_THRESHOLD, Activity, active_units, latent_map, latent_means, project_2d
+from vae import VAE
+from viewer import Viewer, traversal
+
+DEAD = [1, 3, 4]  # latent dimensions whose μ the encoder below never changes
+
+
+def model_with_dead_dimensions() -> VAE:
+    """A VAE whose μ rows DEAD have zero weights (a constant μ: a switched-off dimension) and
+    whose other μ rows are scaled up so that they vary with the image."""
+    torch.manual_seed(0)
+    model = VAE(784, (32,), latent_dim=6)
+    last = model.encoder[-1]  # its first 6 outputs are μ
+    with torch.no_grad():
+        last.weight[:6] *= 20
+        last.weight[DEAD] = 0.0
+        last.bias[DEAD] = 0.7  # a constant offset is not activity
+    return model
+
+
+def test_active_units_finds_the_dimensions_the_encoder_switched_off():
+    images = torch.rand(500, 784)
+    activity = active_units(latent_means(model_with_dead_dimensions(), images))
+    assert activity.count == 3 and activity.dims == 6
+    assert activity.active.tolist() == [u not in DEAD for u in range(6)]
+    assert activity.variance[DEAD].eq(0).all() and (activity.variance[[0, 2, 5]] > 0.01).all()
+    ranked = activity.ranked(10)
+    assert sorted(ranked) == [0, 2, 5]
+    assert activity.variance[ranked].argsort(descending=True).tolist() == [0, 1, 2]
+    assert activity.ranked(2) == ranked[:2]
+
+
+def test_the_threshold_is_burdas_0_01():
+    base = torch.tensor([-1.0, 1.0]).repeat(50)[:, None]  # variance 1 (population)
+    scales = torch.tensor([0.11, 0.09, 0.0])  # variances 0.0121, 0.0081, 0
+    activity = active_units(base * scales)
+    assert ACTIVE_THRESHOLD == 0.01 and activity.active.tolist() == [True, False, False]
+    assert torch.allclose(activity.variance, scales**2)
+
+
+def test_the_projection_of_a_2d_latent_keeps_its_geometry():
+    points = torch.randn(300, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([3, 1])
+    same, name, axes = project_2d(points)
+    assert torch.equal(same, points) and name == "latent means" and axes == ("z1", "z2")
+    # The same plane inside 6 dimensions (a random rotation, an offset): PCA finds it again, so
+    # all pairwise distances survive (the projection is the plane up to rotation and reflection).
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1)))
+    embedded = torch.cat([points, torch.zeros(300, 4)], dim=1) @ rotation.T + 5.0
+    projected, name, axes = project_2d(embedded)
+    assert projected.shape == (300, 2) and axes == ("PC1", "PC2")
+    assert name == "PCA of the 6-D means (100% of their variance)"
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.allclose(torch.cdist(projected, projected, compute_mode=exact),
+                          torch.cdist(points, points, compute_mode=exact), atol=1e-4)
+    assert projected[:, 0].var() > projected[:, 1].var()  # PC1 is the long axis
+
+
+def test_the_traversal_has_a_row_per_active_dimension_and_none_when_none_is():
+    def decode(codes: torch.Tensor) -> torch.Tensor:  # an image that changes with every dimension
+        return torch.sigmoid(codes.sum(-1, keepdim=True).expand(*codes.shape[:-1], 784))
+
+    variance = torch.tensor([0.5, 0.0, 2.0, 0.001])
+    image, title = traversal(decode, torch.zeros(4), Activity(variance, variance > 0.01), 3, 10)
+    assert title == "traversal: 2 of 4 dims active, -3..3, epoch 3"
+    assert tuple(image.shape) == (3, 2 + 2 * 30, 2 + 10 * 30)
+    image, title = traversal(decode, torch.zeros(4), Activity(variance, variance > 10), 3, 10)
+    assert title.startswith("traversal: no latent dimension is active (0 of 4)")
+    assert tuple(image.shape) == (3, 28, 28)  # one image, not rows that do not change
+
+
+def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path):
+    names = class_names("fashion-mnist")
+    labels = torch.arange(400) % 10
+    mu = torch.randn(400, 5) + labels[:, None].float()
+    activity = active_units(mu)
+    viewer = Viewer(tmp_path, "http://127.0.0.1", visdom_server.port, "map", 5.0, 30.0)
+    history = [{"epoch": 1, "train_loss": 2.0, "test_loss": 1.0, "active_units": activity.count}]
+    viewer.show({}, history, latent_map(mu, labels, names, activity, epoch=1))
+    shown = json.loads(visdom_server.client("map").get_window_data(env="map"))
+    traces = shown["latent_map"]["content"]["data"]
+    assert [trace["name"] for trace in traces] == names
+    assert all(len(trace["x"]) == len(trace["y"]) == 40 for trace in traces)
+    assert shown["latent_map"]["title"].startswith("latent map of 400 test images: PCA of the 5-D")
+    assert "5 of 5 dims active, epoch 1" in shown["latent_map"]["title"]
+    assert shown["active_units"]["content"]["data"][0]["y"] == [5]
+    assert (tmp_path / "latent_map.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_and_the_epoch_line_count_the_active_units(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_main("--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir),
+                      "--out", str(out), "--no-visdom", timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [type(row["active_units"]) for row in rows] == [int, int]
+    for row in rows:
+        assert f"epoch {row['epoch']}/2: " in result.stdout
+        assert f"{row['active_units']} of 10 latent dims active" in result.stdout
+    # The count is the checkpoint's model's, on the test images.
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    model = VAE(784, (256, 64), 10)
+    model.load_state_dict(state["model"])
+    images = load_images("mnist", data_dir, train=False)
+    pixels = to_test_pixels(images, torch.device("cpu"), "none")
+    assert active_units(latent_means(model, pixels)).count == rows[-1]["active_units"] > 0
+
+
+def run_explore(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "explore.py"), *args], cwd=ROOT, timeout=120,
+                          capture_output=True, text=True, env={**OFFLINE_ENV, "PATH": ""},
+                          check=False)
+
+
+def test_explore_with_a_bad_checkpoint_or_no_server_says_what_to_do(trained_run, tmp_path):
+    result = run_explore(str(tmp_path / "missing.pt"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [(
+        f"error: checkpoint {tmp_path / 'missing.pt'} does not exist: "
+        "give the path of a run's checkpoint.pt")]
+    result = run_explore(str(trained_run / "checkpoint.pt"), "--visdom-server", "http://127.0.0.1",
+                         "--visdom-port", str(free_port()))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "no Visdom server answers" in line and "python -m visdom.server" in line
+
+
+@pytest.mark.parametrize("ending", ["ctrl-c", "server gone"])
+def test_explore_ends_cleanly_on_ctrl_c_and_when_the_server_goes_away(ending, trained_run,
+                                                                       visdom_server):
+    explorer = start_explorer(trained_run / "checkpoint.pt", visdom_server, "explore")
+    try:
+        wait_for(lambda: IMAGE_WINDOW in json.loads(
+            visdom_server.client("explore").get_window_data(env="explore")), "the explorer's image",
+            explorer)
+        if ending == "ctrl-c":
+            explorer.send_signal(2)  # SIGINT
+        else:
+            visdom_server.stop()
+        stdout, stderr = explorer.communicate(timeout=60)  # a safety limit, not a measurement
+    finally:
+        if explorer.poll() is None:
+            explorer.kill()
+            explorer.communicate()
+    assert "Traceback" not in stderr, stderr
+    assert "Ctrl-C stops it" in stdout
+    if ending == "ctrl-c":
+        assert explorer.returncode == 0 and "explorer stopped (Ctrl-C)" in stdout
+    else:
+        assert explorer.returncode == 1 and "went away: explorer stopped" in stderr
