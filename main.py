@@ -178,6 +178,16 @@ def batch_loss(model: VAE, x: torch.Tensor, args: argparse.Namespace) -> torch.T
     return negative_elbo(logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood)[0]
 
 
+def build_model(args: argparse.Namespace, device: torch.device) -> VAE:
+    """The VAE the flags describe, on `device` (seed torch first for a repeatable start)."""
+    return VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
+
+
+def build_optimizer(model: VAE, args: argparse.Namespace) -> torch.optim.Adam:
+    """Adam with the fused kernel: one operation for the whole update of all parameters."""
+    return torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+
+
 def loss_function(args: argparse.Namespace):
     """batch_loss, compiled under --compile: what train_epoch calls each step."""
     return torch.compile(batch_loss) if args.compile else batch_loss
@@ -264,8 +274,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     torch.manual_seed(args.seed)
 
-    model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    model = build_model(args, device)
+    optimizer = build_optimizer(model, args)
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model"])
