@@ -17,12 +17,14 @@ from tqdm import tqdm
 
 from checkpoint import CheckpointError, append_metrics, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_metrics
 from data import DATASETS, TEST_BINARIZATION_SEED, DataError, load_images, to_pixels
+from threads import ThreadTuner
 from vae import ACTIVATIONS, GAUSSIAN_VARIANCE, LIKELIHOODS, VAE, importance_weighted_log_likelihood, kl_divergence, negative_elbo, reconstruction_loss, reparameterize
 from viewer import Viewer, figures, save_pngs
 
 # Flags that fix the model and its data: a checkpoint must agree with them.
 MODEL_FLAGS = ("dataset", "hidden", "latent_dim", "activation", "likelihood", "binarize")
-TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second")
+# Keys of metrics.jsonl that depend on the machine and its load, not on the seed.
+TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second", "threads")
 
 
 def positive(kind, allow_zero: bool = False):
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--beta", type=positive(float, allow_zero=True), default=1.0, help="weight of the KL term (default: %(default)s)")
     a("--seed", type=int, default=0, help="seed for everything random (default: %(default)s)")
     a("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: CUDA, then MPS, then CPU (default: %(default)s)")
-    a("--threads", type=positive(int), default=None, help="CPU threads for torch (default: torch's choice)")
+    a("--threads", type=positive(int), default=None,
+      help="CPU threads for torch (default: auto, measured while training: see docs/speed.md)")
     a("--compile", action="store_true", help="torch.compile the model with its loss: seconds to compile, faster steps (see README)")
     a("--amp", action="store_true", help="bf16 autocast for the forward pass (CUDA, or a CPU with bf16 units)")
     a("--data-dir", default="./data", help="folder holding <Dataset>/raw/ (default: %(default)s)")
@@ -193,9 +196,10 @@ def loss_function(args: argparse.Namespace):
     return torch.compile(batch_loss) if args.compile else batch_loss
 
 
-def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device) -> float:
+def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device,
+                threads: ThreadTuner) -> float:
     """One pass over the shuffled training set with `loss_fn` (from loss_function); returns the mean
-    loss per image.
+    loss per image. `threads` times the steps and sets the CPU thread count (threads.py).
 
     No host sync per step: each step's loss goes into a tensor on the device, which the host
     reads every `report_every` steps for the progress bar and the check for a non-finite loss.
@@ -206,6 +210,7 @@ def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: tor
     steps = math.ceil(n / args.batch_size)
     losses = torch.empty(steps, device=device)
     report_every, checked = 50, 0
+    threads.begin_epoch()
     with tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=None, leave=False) as bar:
         for step in range(steps):
             x = pixels[order[step * args.batch_size : (step + 1) * args.batch_size]]
@@ -216,6 +221,7 @@ def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: tor
             loss.backward()
             optimizer.step()
             losses[step] = loss.detach()
+            threads.step()
             if (step + 1) % report_every == 0 or step + 1 == steps:
                 recent = losses[checked : step + 1]
                 finite = torch.isfinite(recent)
@@ -269,8 +275,7 @@ def main(argv: list[str]) -> int:
     flush_denormals()
     args, checkpoint = settings(argv)
     device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = ThreadTuner.for_run(args.threads, device, announce=tqdm.write)
     out = Path(args.out)
     torch.manual_seed(args.seed)
 
@@ -327,7 +332,8 @@ def main(argv: list[str]) -> int:
     hidden = "-".join(map(str, [784, *args.hidden, args.latent_dim]))
     print(f"run {out}: {args.dataset} ({train.shape[0]} train, {test.shape[0]} test images) on {device}, "
           f"VAE {hidden} {args.activation}, {args.likelihood} likelihood, binarize {args.binarize}, beta {args.beta}, "
-          f"epochs {epoch + 1}..{args.epochs}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}")
+          f"epochs {epoch + 1}..{args.epochs}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; "
+          f"{threads.describe()}")
 
     saved_epoch = epoch
     start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
@@ -335,12 +341,13 @@ def main(argv: list[str]) -> int:
         while epoch < args.epochs:
             epoch += 1
             tick = time.perf_counter()
-            train_loss = train_epoch(model, loss_fn, optimizer, train, args, epoch, device)
+            train_loss = train_epoch(model, loss_fn, optimizer, train, args, epoch, device, threads)
             train_seconds = time.perf_counter() - tick
             row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, test, args)}
             row.update(epoch_seconds=train_seconds, eval_seconds=time.perf_counter() - tick - train_seconds,
                        elapsed_seconds=time.perf_counter() - start,
-                       train_images_per_second=train.shape[0] / train_seconds)
+                       train_images_per_second=train.shape[0] / train_seconds,
+                       threads=threads.epoch_threads())
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise NonFiniteLoss(f"the weights became non-finite in epoch {epoch}")
             history.append(row)
