@@ -1,5 +1,6 @@
 """The thread policy's decisions on made-up step times, and how main.py uses and reports it."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -160,3 +161,28 @@ def test_denormals_stay_flushed_after_the_thread_count_changes(start):
     rows = [tuple(map(int, line.split())) for line in result.stdout.splitlines()]
     assert [threads for threads, _ in rows] == [start, 3 - start, start, 3 - start, 2]
     assert all(kept == 0 for _, kept in rows)
+
+
+def test_the_benchmark_quick_setting_prints_every_row(tmp_path):
+    """benchmarks/throughput.py --quick: small synthetic data, one round; a check that it runs."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for condition, policy in (("idle", "auto"), ("idle, fixed", f"--threads {torch.get_num_threads()}"),
+                              ("one core busy", "auto"), ("two runs side by side", "auto")):
+        for batch in (32, main.build_parser().get_default("batch_size")):
+            assert sum(line.startswith(condition + " ") and f" {policy} " in line
+                       and f" {batch} " in line for line in lines) == 1, (condition, batch, result.stdout)
+    assert any(line.startswith("FLOP bound") for line in lines)
+
+
+def test_the_benchmarks_busy_core_process_ends_however_its_block_is_left():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    with pytest.raises(KeyboardInterrupt):
+        with throughput.busy_core(limit_seconds=60) as hog:
+            assert hog.poll() is None  # running
+            raise KeyboardInterrupt  # as Ctrl-C would
+    assert hog.poll() is not None
