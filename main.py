@@ -24,7 +24,8 @@ from viewer import Viewer, figures, save_pngs
 # Flags that fix the model and its data: a checkpoint must agree with them.
 MODEL_FLAGS = ("dataset", "hidden", "latent_dim", "activation", "likelihood", "binarize")
 # Keys of metrics.jsonl that depend on the machine and its load, not on the seed.
-TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second", "threads")
+TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second",
+               "threads")
 
 
 def positive(kind, allow_zero: bool = False):
@@ -332,8 +333,8 @@ def main(argv: list[str]) -> int:
     hidden = "-".join(map(str, [784, *args.hidden, args.latent_dim]))
     print(f"run {out}: {args.dataset} ({train.shape[0]} train, {test.shape[0]} test images) on {device}, "
           f"VAE {hidden} {args.activation}, {args.likelihood} likelihood, binarize {args.binarize}, beta {args.beta}, "
-          f"epochs {epoch + 1}..{args.epochs}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}; "
-          f"{threads.describe()}")
+          f"epochs {epoch + 1}..{args.epochs}, batch {args.batch_size}, lr {args.lr}, seed {args.seed}"
+          f"; {threads.describe()}")
 
     saved_epoch = epoch
     start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)

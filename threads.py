@@ -39,7 +39,7 @@ def plural(count: int) -> str:
 
 
 def candidate_counts(max_threads: int) -> list[int]:
-    """The counts a calibration tries: max_threads, then halvings of it down to 1 (2 cores: 2, 1)."""
+    """The counts a calibration tries: max_threads, then its halvings down to 1 (2 cores: 2, 1)."""
     counts = [max_threads]
     while counts[-1] > 1:
         counts.append(counts[-1] // 2)
@@ -62,9 +62,17 @@ class ThreadPolicy:
     at once (at 1 thread a slowdown means a busier CPU, where more threads cannot help).
     """
 
-    def __init__(self, max_threads: int, trials: int = 3, recalibrate_seconds: float = 5.0,
-                 longest_interval_seconds: float = 60.0, slowdown: float = 1.5, decisive: float = 3.0,
-                 recent_windows: int = 3, margin: float = 1.05) -> None:
+    def __init__(
+        self,
+        max_threads: int,
+        trials: int = 3,
+        recalibrate_seconds: float = 5.0,
+        longest_interval_seconds: float = 60.0,
+        slowdown: float = 1.5,
+        decisive: float = 3.0,
+        recent_windows: int = 3,
+        margin: float = 1.05,
+    ) -> None:
         self.candidates = candidate_counts(max_threads)
         self.trials, self.margin = trials, margin
         self.slowdown, self.decisive = slowdown, decisive
@@ -91,8 +99,14 @@ class ThreadPolicy:
         self.trained_seconds += seconds
         self.recent.append(per_step)
         window = per_step / self.reference
-        typical = statistics.median(self.recent) / self.reference if len(self.recent) == self.recent.maxlen else 1.0
-        if self.chosen > self.candidates[-1] and (window > self.decisive or typical > self.slowdown):
+        typical = (
+            statistics.median(self.recent) / self.reference
+            if len(self.recent) == self.recent.maxlen
+            else 1.0
+        )
+        if self.chosen > self.candidates[-1] and (
+            window > self.decisive or typical > self.slowdown
+        ):
             slower = max(window, typical) if window > self.decisive else typical
             self.start_calibration(f"steps had got {slower:.1f}x slower", self.first_interval)
         elif self.trained_seconds >= self.interval:
@@ -100,24 +114,30 @@ class ThreadPolicy:
         return None
 
     def calibrate(self, per_step: float) -> Change | None:
-        """Record a calibration window; drop counts that are decisively slower; decide at the end."""
+        """Record a calibration window; drop decisively slower counts; decide at the end."""
         self.measured.setdefault(self.schedule.pop(0), []).append(per_step)
         medians = self.medians()
-        self.schedule = [count for count in self.schedule if count in medians or count not in self.measured]
-        if not self.schedule or len(set(medians) | set(self.schedule)) == 1:  # nothing left to compare
+        self.schedule = [
+            count for count in self.schedule if count in medians or count not in self.measured
+        ]
+        if (
+            not self.schedule or len(set(medians) | set(self.schedule)) == 1
+        ):  # nothing left to compare
             self.schedule = []
             return self.decide(medians)
         self.threads = self.schedule[0]
         return None
 
     def medians(self) -> dict[int, float]:
-        """Median seconds per step of each measured count that is not decisively slower than another."""
+        """Median seconds per step of each measured count not decisively slower than another."""
         medians = {count: statistics.median(times) for count, times in self.measured.items()}
         fastest = min(medians.values())
-        return {count: median for count, median in medians.items() if median < self.decisive * fastest}
+        return {
+            count: median for count, median in medians.items() if median < self.decisive * fastest
+        }
 
     def decide(self, medians: dict[int, float]) -> Change | None:
-        """End a calibration: keep the chosen count unless another is faster by more than `margin`."""
+        """End a calibration: keep the chosen count unless another beats it by over `margin`."""
         old, fastest = self.chosen, min(medians, key=medians.get)
         if old not in medians or medians[fastest] * self.margin < medians[old]:
             self.chosen = fastest
@@ -130,8 +150,12 @@ class ThreadPolicy:
         self.interval = self.first_interval
         old_median = statistics.median(self.measured[old])
         why = "the CPU is shared" if self.chosen < old else "cores are free"
-        return Change(old, self.chosen, f"{plural(self.chosen)} {old_median / medians[fastest]:.1f}x "
-                                        f"faster per step than {old}: {why}; {self.trigger}")
+        return Change(
+            old,
+            self.chosen,
+            f"{plural(self.chosen)} {old_median / medians[fastest]:.1f}x "
+            f"faster per step than {old}: {why}; {self.trigger}",
+        )
 
 
 class ThreadTuner:
@@ -139,10 +163,20 @@ class ThreadTuner:
     step() after each step. Without a policy (a count forced with --threads, or a GPU, whose work
     does not wait on CPU threads) both do nothing and the count stays as it is."""
 
-    def __init__(self, policy: ThreadPolicy | None, announce: Callable[[str], None] = print,
-                 window_seconds: float = 0.05, clock: Callable[[], float] = time.perf_counter,
-                 forced: bool = False) -> None:
-        self.policy, self.announce, self.window_seconds, self.clock = policy, announce, window_seconds, clock
+    def __init__(
+        self,
+        policy: ThreadPolicy | None,
+        announce: Callable[[str], None] = print,
+        window_seconds: float = 0.05,
+        clock: Callable[[], float] = time.perf_counter,
+        forced: bool = False,
+    ) -> None:
+        self.policy, self.announce, self.window_seconds, self.clock = (
+            policy,
+            announce,
+            window_seconds,
+            clock,
+        )
         self.forced = forced
         self.window_steps, self.window_time, self.mark = 0, 0.0, 0.0
         self.settling = 2  # the first steps allocate: not timed
@@ -151,9 +185,10 @@ class ThreadTuner:
             torch.set_num_threads(policy.threads)
 
     @classmethod
-    def for_run(cls, requested: int | None, device: torch.device,
-                announce: Callable[[str], None] = print) -> "ThreadTuner":
-        """`requested` threads (--threads) fixed, or on the CPU the adaptive policy from torch's count."""
+    def for_run(
+        cls, requested: int | None, device: torch.device, announce: Callable[[str], None] = print
+    ) -> "ThreadTuner":
+        """`requested` threads (--threads) fixed, or on the CPU the policy from torch's count."""
         if requested:
             torch.set_num_threads(requested)
             return cls(None, announce, forced=True)

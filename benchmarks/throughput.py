@@ -78,7 +78,9 @@ def quiet(line: str) -> None:
     """The benchmark's thread tuners announce nothing: each row reports the counts used."""
 
 
-def project_loop(args, device, pixels, epochs: int, ready: Callable[[], None] = lambda: None) -> dict:
+def project_loop(
+    args, device, pixels, epochs: int, ready: Callable[[], None] = lambda: None
+) -> dict:
     """main.train_epoch over `epochs` whole epochs after one warm-up epoch, with the thread policy
     main.py would use for `args` (a tuner of its own, as a run has). `ready` is called between the
     warm-up and the timed epochs. Returns the images, the monotonic start and end of the timed
@@ -99,12 +101,24 @@ def project_loop(args, device, pixels, epochs: int, ready: Callable[[], None] = 
     sync(device)
     end = time.monotonic()
     torch.set_num_threads(DEFAULT_THREADS)
-    return {"images": epochs * pixels.shape[0], "start": start, "end": end, "threads": counts,
-            "warmup": warmup}
+    return {
+        "images": epochs * pixels.shape[0],
+        "start": start,
+        "end": end,
+        "threads": counts,
+        "warmup": warmup,
+    }
 
 
-def dataloader_loop(args, device, root: Path, epochs: int, limit_seconds: float,
-                    ready: Callable[[], None] = lambda: None, warmup_steps: int = 100) -> dict:
+def dataloader_loop(
+    args,
+    device,
+    root: Path,
+    epochs: int,
+    limit_seconds: float,
+    ready: Callable[[], None] = lambda: None,
+    warmup_steps: int = 100,
+) -> dict:
     """The usual tutorial loop over `epochs` whole epochs after a warm-up, at torch's default thread
     count, with loss.item() every step; returns what project_loop returns. The warm-up and the
     timed epochs each stop early after `limit_seconds`: on a busy CPU torch's threads collapse,
@@ -140,11 +154,19 @@ def dataloader_loop(args, device, root: Path, epochs: int, limit_seconds: float,
     return {"images": images, "start": start, "end": time.monotonic(), "threads": [DEFAULT_THREADS]}
 
 
-def run_loop(loop: str, args, device, root: Path, pixels, options,
-             ready: Callable[[], None] = lambda: None) -> dict:
+def run_loop(
+    loop: str, args, device, root: Path, pixels, options, ready: Callable[[], None] = lambda: None
+) -> dict:
     if loop == "project":
         return project_loop(args, device, pixels, options.epochs, ready)
-    return dataloader_loop(args, device, root, options.dataloader_epochs, options.dataloader_limit, ready)
+    return dataloader_loop(
+        args, device, root, options.dataloader_epochs, options.dataloader_limit, ready
+    )
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the rounds' own ratios (paired: a slow spell hits both)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
 def rate(result: dict) -> float:
@@ -156,7 +178,10 @@ def busy_core(limit_seconds: float) -> Iterator[subprocess.Popen]:
     """Another program keeping one core busy: `while True: pass` in a process pinned to the last
     core, for the duration of the block. Killed when the block is left, however it is left (an
     exception, Ctrl-C); and it ends itself after `limit_seconds` should this process die first."""
-    code = f"import time\nend = time.monotonic() + {limit_seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    code = (
+        f"import time\nend = time.monotonic() + {limit_seconds}\n"
+        "while time.monotonic() < end:\n    pass\n"
+    )
     hog = subprocess.Popen([sys.executable, "-c", code])
     try:
         if hasattr(os, "sched_setaffinity"):
@@ -172,18 +197,33 @@ def busy_core(limit_seconds: float) -> Iterator[subprocess.Popen]:
 def side_by_side(jobs: list[tuple[str, int]], options) -> list[dict]:
     """Two worker processes of this script run each (loop, batch) job at the same time: each warms
     up and says so, then both are told to start. Returns, per job, the two runs' results."""
-    command = [sys.executable, __file__, "--worker", ",".join(f"{loop}:{batch}" for loop, batch in jobs),
-               "--data-dir", str(options.data_root), "--epochs", str(options.epochs),
-               "--dataloader-epochs", str(options.dataloader_epochs),
-               "--dataloader-limit", str(options.dataloader_limit), f"--flags={options.flags}"]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        ",".join(f"{loop}:{batch}" for loop, batch in jobs),
+        "--data-dir",
+        str(options.data_root),
+        "--epochs",
+        str(options.epochs),
+        "--dataloader-epochs",
+        str(options.dataloader_epochs),
+        "--dataloader-limit",
+        str(options.dataloader_limit),
+        f"--flags={options.flags}",
+    ]
     logs = [tempfile.TemporaryFile() for _ in range(2)]
-    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                text=True, bufsize=1) for log in logs]
+    workers = [
+        subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
+        )
+        for log in logs
+    ]
 
     def expect(worker: subprocess.Popen, log, prefix: str) -> str:
         for line in worker.stdout:
             if line.startswith(prefix):
-                return line[len(prefix):]
+                return line[len(prefix) :]
         log.seek(0)
         raise RuntimeError(f"a side-by-side worker ended early: {log.read().decode()[-2000:]}")
 
@@ -195,7 +235,9 @@ def side_by_side(jobs: list[tuple[str, int]], options) -> list[dict]:
             for worker in workers:
                 worker.stdin.write("go\n")
                 worker.stdin.flush()
-            results.append([json.loads(expect(worker, log, "@result ")) for worker, log in zip(workers, logs)])
+            results.append(
+                [json.loads(expect(worker, log, "@result ")) for worker, log in zip(workers, logs)]
+            )
         return results
     finally:
         for worker in workers:
@@ -218,7 +260,10 @@ def worker(options) -> None:
     for job in options.worker.split(","):
         loop, batch = job.split(":")
         args.batch_size = int(batch)
-        print("@result " + json.dumps(run_loop(loop, args, device, root, pixels, options, ready)), flush=True)
+        print(
+            "@result " + json.dumps(run_loop(loop, args, device, root, pixels, options, ready)),
+            flush=True,
+        )
 
 
 def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, float]:
@@ -254,7 +299,9 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
     return flops, repeats * batch * flops / (time.perf_counter() - start)
 
 
-def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
+def time_to_quality(
+    args, device, train, test, target: float, limit: float
+) -> tuple[float | None, int, float]:
     """Wall seconds (training and evaluation, and compiling with --compile) until the test loss
     first falls below `target`, with main.py's thread policy from a fresh start."""
     model, optimizer = fresh(args, device)
@@ -276,19 +323,27 @@ def time_to_quality(args, device, train, test, target: float, limit: float) -> t
 
 
 def variants(args, device, train, options) -> None:
-    """The project's loop at the default batch with one setting changed at a time (interleaved rounds)."""
-    changes = {"as is": {}, "--threads 1": {"threads": 1},
-               f"--threads {DEFAULT_THREADS}": {"threads": DEFAULT_THREADS},
-               "--amp (bf16 autocast)": {"amp": True}, "--compile": {"compile": True},
-               "--compile --amp": {"compile": True, "amp": True}}
+    """The project's loop at the default batch, one setting changed at a time, interleaved."""
+    changes = {
+        "as is": {},
+        "--threads 1": {"threads": 1},
+        f"--threads {DEFAULT_THREADS}": {"threads": DEFAULT_THREADS},
+        "--amp (bf16 autocast)": {"amp": True},
+        "--compile": {"compile": True},
+        "--compile --amp": {"compile": True, "amp": True},
+    }
     results = {name: [] for name in changes}
     for _ in range(options.rounds):
         for name, change in changes.items():
             changed = argparse.Namespace(**{**vars(args), **change})
             results[name].append(project_loop(changed, device, train, options.epochs))
     for name, runs in results.items():
-        print(f"{device.type} batch {args.batch_size}, {name:<24} {statistics.median(map(rate, runs)):>9,.0f} img/s"
-              f"  (warm-up epoch {statistics.median(r['warmup'] for r in runs):.1f} s)", flush=True)
+        print(
+            f"{device.type} batch {args.batch_size}, {name:<24} "
+            f"{statistics.median(map(rate, runs)):>9,.0f} img/s"
+            f"  (warm-up epoch {statistics.median(r['warmup'] for r in runs):.1f} s)",
+            flush=True,
+        )
 
 
 def profile(args, device, train, steps: int = 200) -> None:
@@ -311,13 +366,24 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
     policy = f"--threads {args.threads}" if args.threads else "auto"
     fixed = argparse.Namespace(**{**vars(args), "threads": DEFAULT_THREADS})
     conditions = {  # name: (thread policy of the project's loop, its args, where it runs)
-        "idle": (policy, args, "here"), "idle, fixed": (f"--threads {DEFAULT_THREADS}", fixed, "here"),
-        "one core busy": (policy, args, "busy"), "two runs side by side": (policy, args, "pair")}
-    results = {(name, batch, loop): [] for name in conditions for batch in batches for loop in LOOPS}
-    for _ in range(options.rounds):  # interleaved, so that a slow spell of a shared machine hits all
+        "idle": (policy, args, "here"),
+        "idle, fixed": (f"--threads {DEFAULT_THREADS}", fixed, "here"),
+        "one core busy": (policy, args, "busy"),
+        "two runs side by side": (policy, args, "pair"),
+    }
+    results = {
+        (name, batch, loop): [] for name in conditions for batch in batches for loop in LOOPS
+    }
+    for _ in range(
+        options.rounds
+    ):  # interleaved, so that a slow spell of a shared machine hits all
         for name, (_, condition_args, where) in conditions.items():
-            jobs = [(loop, batch) for batch in batches for loop in LOOPS
-                    if not (name == "idle, fixed" and loop == "dataloader")]  # the idle row has it
+            jobs = [
+                (loop, batch)
+                for batch in batches
+                for loop in LOOPS
+                if not (name == "idle, fixed" and loop == "dataloader")
+            ]  # the idle row has it
             if where == "pair":
                 for (loop, batch), pair in zip(jobs, side_by_side(jobs, options)):
                     results[name, batch, loop].append(pair)
@@ -326,57 +392,116 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
                 for loop, batch in jobs:
                     condition_args.batch_size = batch
                     results[name, batch, loop].append(
-                        [run_loop(loop, condition_args, device, root, train, options)])
+                        [run_loop(loop, condition_args, device, root, train, options)]
+                    )
     args.batch_size = main.build_parser().get_default("batch_size")
 
     def together(runs: list[dict]) -> float:
         """Images per second of runs that ran at the same time: all images over their whole span."""
-        return sum(r["images"] for r in runs) / (max(r["end"] for r in runs) - min(r["start"] for r in runs))
+        return sum(r["images"] for r in runs) / (
+            max(r["end"] for r in runs) - min(r["start"] for r in runs)
+        )
 
-    print(f"{'condition':<23}{'policy':<13}{'batch':>5}{'project img/s':>15}{'DataLoader img/s':>18}"
-          f"{'ratio':>7}  {'threads':<9}target check (medians of {options.rounds} rounds' own ratios)")
+    print(
+        f"{'condition':<23}{'policy':<13}{'batch':>5}{'project img/s':>15}{'DataLoader img/s':>18}"
+        f"{'ratio':>7}  {'threads':<9}target check (medians of {options.rounds} rounds' own ratios)"
+    )
     for batch in batches:
         idle = [together(r) for r in results["idle", batch, "project"]]
         for name, (row_policy, _, where) in conditions.items():
             ours = [together(r) for r in results[name, batch, "project"]]
             theirs = [together(r) for r in results[name, batch, "dataloader"]] or [
-                together(r) for r in results["idle", batch, "dataloader"]]
-            counts = sorted({c for runs in results[name, batch, "project"] for r in runs for c in r["threads"]})
-            ratio = statistics.median(a / b for a, b in zip(ours, theirs))
+                together(r) for r in results["idle", batch, "dataloader"]
+            ]
+            counts = {
+                c for runs in results[name, batch, "project"] for r in runs for c in r["threads"]
+            }
+            used = ",".join(map(str, sorted(counts)))  # the thread counts of its timed epochs
+            ratio = median_ratio(ours, theirs)
             if name == "idle":
                 check = ""
             elif name == "idle, fixed":
-                check = f"idle auto at {statistics.median(a / b for a, b in zip(idle, ours)):.0%} of it (target 95%)"
+                check = f"idle auto at {median_ratio(idle, ours):.0%} of it (target 95%)"
             elif where == "busy":
-                check = f"{statistics.median(a / b for a, b in zip(ours, idle)):.0%} of idle (target 75%)"
+                check = f"{median_ratio(ours, idle):.0%} of idle (target 75%)"
             else:
-                check = f"together {statistics.median(a / b for a, b in zip(ours, idle)):.2f}x one run alone (target 1x)"
-            print(f"{name:<23}{row_policy:<13}{batch:>5}{statistics.median(ours):>15,.0f}"
-                  f"{statistics.median(theirs):>18,.0f}{ratio:>6.1f}x  {','.join(map(str, counts)):<9}{check}",
-                  flush=True)
+                check = f"together {median_ratio(ours, idle):.2f}x one run alone (target 1x)"
+            print(
+                f"{name:<23}{row_policy:<13}{batch:>5}{statistics.median(ours):>15,.0f}"
+                f"{statistics.median(theirs):>18,.0f}{ratio:>6.1f}x  {used:<9}{check}",
+                flush=True,
+            )
 
 
 def run() -> None:
-    main.flush_denormals()  # as main.py does, before torch starts its threads; both loops run with it
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    main.flush_denormals()  # as main.py does, before torch starts its threads; both loops use it
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     a = parser.add_argument
     a("--data-dir", default="./data", help="folder with MNIST/raw (default: %(default)s)")
-    a("--batch-sizes", default=f"32,{main.build_parser().get_default('batch_size')}",
-      help="batch sizes to compare (default: %(default)s: the tutorial's and the project's)")
-    a("--epochs", type=int, default=2, help="measured epochs of the project's loop (default: %(default)s)")
-    a("--dataloader-epochs", type=int, default=1, help="measured epochs of the DataLoader loop (default: %(default)s)")
-    a("--dataloader-limit", type=float, default=30.0,
-      help="seconds after which the DataLoader loop stops, within its epochs (default: %(default)s)")
-    a("--rounds", type=int, default=3, help="interleaved repeats; medians are printed (default: %(default)s)")
-    a("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
-    a("--busy-limit", type=float, default=1800.0,
-      help="seconds after which the busy-core process ends itself, if not stopped before (default: %(default)s)")
-    a("--quick", action="store_true",
-      help="a check that it runs: small synthetic data (1,000 images), one round of one epoch each")
-    a("--variants", action="store_true", help="also time the loop with --threads 1 and N, --amp, --compile, both")
-    a("--profile", action="store_true", help="also print the top operators of the loop (torch.profiler)")
-    a("--flags", default="", help='main.py flags for the project\'s loop and the time to quality, '
-      'e.g. --flags="--compile --amp" (default: none, the defaults)')
+    a(
+        "--batch-sizes",
+        default=f"32,{main.build_parser().get_default('batch_size')}",
+        help="batch sizes to compare (default: %(default)s: the tutorial's and the project's)",
+    )
+    a(
+        "--epochs",
+        type=int,
+        default=2,
+        help="measured epochs of the project's loop (default: %(default)s)",
+    )
+    a(
+        "--dataloader-epochs",
+        type=int,
+        default=1,
+        help="measured epochs of the DataLoader loop (default: %(default)s)",
+    )
+    a(
+        "--dataloader-limit",
+        type=float,
+        default=30.0,
+        help="seconds after which the DataLoader loop stops early (default: %(default)s)",
+    )
+    a(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved repeats; medians are printed (default: %(default)s)",
+    )
+    a(
+        "--target",
+        type=float,
+        default=36.0,
+        help="test loss for time to quality (default: %(default)s)",
+    )
+    a(
+        "--busy-limit",
+        type=float,
+        default=1800.0,
+        help="seconds after which the busy-core process ends itself (default: %(default)s)",
+    )
+    a(
+        "--quick",
+        action="store_true",
+        help="a check that it runs: 1,000 synthetic images, one round of one epoch each",
+    )
+    a(
+        "--variants",
+        action="store_true",
+        help="also time the loop with --threads 1 and N, --amp, --compile, both",
+    )
+    a(
+        "--profile",
+        action="store_true",
+        help="also print the top operators of the loop (torch.profiler)",
+    )
+    a(
+        "--flags",
+        default="",
+        help="main.py flags for the project's loop and the time to quality, "
+        'e.g. --flags="--compile --amp" (default: none, the defaults)',
+    )
     a("--worker", help=argparse.SUPPRESS)  # loop:batch,... : one of the two side-by-side runs
     options = parser.parse_args()
     if options.worker:
@@ -387,18 +512,31 @@ def run() -> None:
 
     args = main.build_parser().parse_args(shlex.split(options.flags))  # the project's settings
     root = Path(options.data_dir)
-    real = not options.quick and all((raw_folder("mnist", root) / name).exists()
-                                     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
+    real = not options.quick and all(
+        (raw_folder("mnist", root) / name).exists()
+        for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if not real:
             root = Path(tmp)
             synthetic_mnist(root, *((1_000, 200) if options.quick else ()))
         options.data_root = root
-        source = f"real MNIST from {options.data_dir}" if real else "synthetic data, " + (
-            "1,000 images (--quick)" if options.quick else f"MNIST-sized (no MNIST in {options.data_dir})")
-        print(f"data: {source}; torch {torch.__version__}, {DEFAULT_THREADS} threads by default; model "
-              f"784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, Adam (fused), lr {args.lr}; "
-              f"project's loop with {options.flags or 'the default flags'}; {os.cpu_count()} CPUs")
+        source = (
+            f"real MNIST from {options.data_dir}"
+            if real
+            else "synthetic data, "
+            + (
+                "1,000 images (--quick)"
+                if options.quick
+                else f"MNIST-sized (no MNIST in {options.data_dir})"
+            )
+        )
+        print(
+            f"data: {source}; torch {torch.__version__}, {DEFAULT_THREADS} threads by default; "
+            f"model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, Adam (fused), "
+            f"lr {args.lr}; "
+            f"project's loop with {options.flags or 'the default flags'}; {os.cpu_count()} CPUs"
+        )
         measure(args, root, real, options)
 
 
@@ -407,16 +545,21 @@ def measure(args, root: Path, real: bool, options) -> None:
     device = torch.device("cpu")  # the conditions are about CPU threads; a GPU's loop has no policy
     train = to_pixels(load_images("mnist", root, True), device)
     default_batch = main.build_parser().get_default("batch_size")
-    condition_rows(args, device, root, train, options, [int(b) for b in options.batch_sizes.split(",")])
+    condition_rows(
+        args, device, root, train, options, [int(b) for b in options.batch_sizes.split(",")]
+    )
 
     fixed = argparse.Namespace(**{**vars(args), "batch_size": default_batch})
     rates = [flop_bound(fixed, device, default_batch) for _ in range(options.rounds)]
     flops, matmul = rates[0][0], statistics.median(r[1] for r in rates)
-    print(f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward); "
-          f"torch.matmul sustains {matmul / 1e9:.0f} GFLOP/s at the model's sizes"
-          f"{' in bf16' if args.amp else ''} at {DEFAULT_THREADS} threads, idle "
-          f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
-          f"-> {matmul / flops:,.0f} img/s; compare the idle row at batch {default_batch}", flush=True)
+    print(
+        f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
+        f"backward); torch.matmul sustains {matmul / 1e9:.0f} GFLOP/s at the model's sizes"
+        f"{' in bf16' if args.amp else ''} at {DEFAULT_THREADS} threads, idle "
+        f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
+        f"-> {matmul / flops:,.0f} img/s; compare the idle row at batch {default_batch}",
+        flush=True,
+    )
     if options.variants:
         variants(fixed, device, train, options)
     if options.profile:
@@ -428,12 +571,18 @@ def measure(args, root: Path, real: bool, options) -> None:
     for condition in ("idle", "one core busy"):
         for _ in range(options.rounds):
             with busy_core(options.busy_limit) if condition != "idle" else contextlib.nullcontext():
-                seconds, epochs, loss = time_to_quality(fixed, device, train, test, options.target, limit=120)
-            print(f"time to quality, {condition}, {options.flags or 'the defaults'}: test loss {loss:.2f} < "
-                  f"{options.target} after {epochs} epochs, {seconds:.1f} s of training and evaluation"
-                  if seconds is not None else
-                  f"time to quality, {condition}: test loss {loss:.2f} still above {options.target} "
-                  f"after {epochs} epochs (120 s)", flush=True)
+                seconds, epochs, loss = time_to_quality(
+                    fixed, device, train, test, options.target, limit=120
+                )
+            flags = options.flags or "the defaults"
+            outcome = (
+                f"test loss {loss:.2f} < {options.target} after {epochs} epochs, {seconds:.1f} s "
+                "of training and evaluation"
+                if seconds is not None
+                else f"test loss {loss:.2f} still above {options.target} after {epochs} epochs "
+                "(120 s)"
+            )
+            print(f"time to quality, {condition}, {flags}: {outcome}", flush=True)
 
 
 if __name__ == "__main__":

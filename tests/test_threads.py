@@ -34,7 +34,8 @@ def test_idle_times_choose_the_most_threads_and_keep_them():
     assert policy.threads == 1  # a run starts at the count that cannot collapse
     changes = run_windows(policy, IDLE, 6)
     assert policy.chosen == 2 and changes == [
-        "threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; first calibration)"]
+        "threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; first calibration)"
+    ]
     assert run_windows(policy, IDLE, 2000) == [] and policy.chosen == 2  # 100 s, re-checked often
 
 
@@ -54,8 +55,10 @@ def test_a_collapse_at_two_threads_switches_to_one_at_once():
     run_windows(policy, IDLE, 6)
     changes = run_windows(policy, BUSY, 3)
     assert policy.chosen == 1
-    assert changes == ["threads: 2 -> 1 (1 thread 20.0x faster per step than 2: the CPU is shared; "
-                       "steps had got 26.7x slower)"]
+    assert changes == [
+        "threads: 2 -> 1 (1 thread 20.0x faster per step than 2: the CPU is shared; "
+        "steps had got 26.7x slower)"
+    ]
 
 
 def test_a_recalibration_brings_two_threads_back_when_they_are_faster_again():
@@ -64,8 +67,9 @@ def test_a_recalibration_brings_two_threads_back_when_they_are_faster_again():
     run_windows(policy, BUSY, 3)
     changes = run_windows(policy, IDLE, round(5.0 / WINDOW) + 20)  # past the next re-check, 5 s on
     assert policy.chosen == 2
-    assert changes == ["threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; "
-                       "periodic re-check)"]
+    assert changes == [
+        "threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; periodic re-check)"
+    ]
 
 
 def test_one_noisy_window_does_not_flip_the_count():
@@ -109,8 +113,9 @@ def test_the_tuner_times_windows_applies_counts_and_reports_the_epochs_count(mon
     for _ in range(400):
         clock.now += 0.001 * IDLE[tuner.policy.threads]
         tuner.step()
-    assert announced == ["threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; "
-                         "first calibration)"]
+    assert announced == [
+        "threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; first calibration)"
+    ]
     assert applied[:3] == [1, 2, 1] and applied[-1] == 2
     assert tuner.epoch_threads() == 2  # the count of most of the epoch's steps
 
@@ -124,7 +129,9 @@ def test_a_forced_count_or_a_gpu_turns_the_policy_off():
     assert forced.epoch_threads() == 1 == torch.get_num_threads()
     torch.set_num_threads(2)
     assert ThreadTuner.for_run(None, torch.device("cuda")).policy is None
-    assert ThreadTuner.for_run(None, torch.device("cpu")).describe() == "threads: auto (starts at 1)"
+    assert (
+        ThreadTuner.for_run(None, torch.device("cpu")).describe() == "threads: auto (starts at 1)"
+    )
 
 
 QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
@@ -140,7 +147,9 @@ def test_the_first_line_and_metrics_carry_the_thread_count(data_dir, tmp_path, c
     assert all(row["threads"] in (1, 2) for row in rows) and len(rows) == 2
 
     out = tmp_path / "forced"
-    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out), "--threads", "2"]) == 0
+    assert (
+        main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out), "--threads", "2"]) == 0
+    )
     assert capsys.readouterr().out.splitlines()[0].endswith("threads: 2 (--threads)")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["threads"] for row in rows] == [2, 2] and torch.get_num_threads() == 2
@@ -150,14 +159,18 @@ def test_the_first_line_and_metrics_carry_the_thread_count(data_dir, tmp_path, c
 def test_denormals_stay_flushed_after_the_thread_count_changes(start):
     # In a fresh process: torch's worker threads copy the setting when they start. Starting at 1
     # thread and raising the count starts the second thread after the flush was set.
-    script = ("import torch, main\nmain.flush_denormals()\n"
-              "def kept():\n"
-              "    return int((torch.full((1 << 20,), 1e-39) * 1.0 != 0).sum())\n"
-              f"counts = [{start}, 3 - {start}, {start}, 3 - {start}, 2]\n"
-              "for count in counts:\n"
-              "    torch.set_num_threads(count)\n"
-              "    print(torch.get_num_threads(), kept())\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True, text=True)
+    script = (
+        "import torch, main\nmain.flush_denormals()\n"
+        "def kept():\n"
+        "    return int((torch.full((1 << 20,), 1e-39) * 1.0 != 0).sum())\n"
+        f"counts = [{start}, 3 - {start}, {start}, 3 - {start}, 2]\n"
+        "for count in counts:\n"
+        "    torch.set_num_threads(count)\n"
+        "    print(torch.get_num_threads(), kept())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True, text=True
+    )
     rows = [tuple(map(int, line.split())) for line in result.stdout.splitlines()]
     assert [threads for threads, _ in rows] == [start, 3 - start, start, 3 - start, 2]
     assert all(kept == 0 for _, kept in rows)
@@ -165,20 +178,38 @@ def test_denormals_stay_flushed_after_the_thread_count_changes(start):
 
 def test_the_benchmark_quick_setting_prints_every_row(tmp_path):
     """benchmarks/throughput.py --quick: small synthetic data, one round; a check that it runs."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    for condition, policy in (("idle", "auto"), ("idle, fixed", f"--threads {torch.get_num_threads()}"),
-                              ("one core busy", "auto"), ("two runs side by side", "auto")):
+    for condition, policy in (
+        ("idle", "auto"),
+        ("idle, fixed", f"--threads {torch.get_num_threads()}"),
+        ("one core busy", "auto"),
+        ("two runs side by side", "auto"),
+    ):
         for batch in (32, main.build_parser().get_default("batch_size")):
-            assert sum(line.startswith(condition + " ") and f" {policy} " in line
-                       and f" {batch} " in line for line in lines) == 1, (condition, batch, result.stdout)
+            assert (
+                sum(
+                    line.startswith(condition + " ")
+                    and f" {policy} " in line
+                    and f" {batch} " in line
+                    for line in lines
+                )
+                == 1
+            ), (condition, batch, result.stdout)
     assert any(line.startswith("FLOP bound") for line in lines)
 
 
 def test_the_benchmarks_busy_core_process_ends_however_its_block_is_left():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    spec = importlib.util.spec_from_file_location(
+        "throughput", ROOT / "benchmarks" / "throughput.py"
+    )
     throughput = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(throughput)
     with pytest.raises(KeyboardInterrupt):
