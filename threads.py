@@ -107,7 +107,7 @@ class ThreadPolicy:
         if self.chosen > self.candidates[-1] and (
             window > self.decisive or typical > self.slowdown
         ):
-            slower = max(window, typical) if window > self.decisive else typical
+            slower = window if window > self.decisive else typical
             self.start_calibration(f"steps had got {slower:.1f}x slower", self.first_interval)
         elif self.trained_seconds >= self.interval:
             self.start_calibration("periodic re-check", self.interval)
@@ -120,9 +120,7 @@ class ThreadPolicy:
         self.schedule = [
             count for count in self.schedule if count in medians or count not in self.measured
         ]
-        if (
-            not self.schedule or len(set(medians) | set(self.schedule)) == 1
-        ):  # nothing left to compare
+        if not self.schedule or len(set(medians) | set(self.schedule)) == 1:  # none to compare
             self.schedule = []
             return self.decide(medians)
         self.threads = self.schedule[0]
@@ -171,15 +169,10 @@ class ThreadTuner:
         clock: Callable[[], float] = time.perf_counter,
         forced: bool = False,
     ) -> None:
-        self.policy, self.announce, self.window_seconds, self.clock = (
-            policy,
-            announce,
-            window_seconds,
-            clock,
-        )
-        self.forced = forced
+        self.policy, self.announce, self.clock = policy, announce, clock
+        self.window_seconds, self.forced = window_seconds, forced
         self.window_steps, self.window_time, self.mark = 0, 0.0, 0.0
-        self.settling = 2  # the first steps allocate: not timed
+        self.settling = 2  # the first steps allocate
         self.epoch_counts = Counter()
         if policy:
             torch.set_num_threads(policy.threads)
@@ -213,7 +206,7 @@ class ThreadTuner:
             return
         now = self.clock()
         self.epoch_counts[self.policy.threads] += 1
-        if self.settling:  # the first step after a change of count starts or wakes threads
+        if self.settling:  # the first steps, and the first after a change of count: not timed
             self.settling, self.mark = self.settling - 1, now
             return
         self.window_steps += 1

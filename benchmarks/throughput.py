@@ -374,16 +374,11 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
     results = {
         (name, batch, loop): [] for name in conditions for batch in batches for loop in LOOPS
     }
-    for _ in range(
-        options.rounds
-    ):  # interleaved, so that a slow spell of a shared machine hits all
+    rounds = range(options.rounds)  # interleaved, so that a slow spell of the machine hits all
+    for _ in rounds:
         for name, (_, condition_args, where) in conditions.items():
-            jobs = [
-                (loop, batch)
-                for batch in batches
-                for loop in LOOPS
-                if not (name == "idle, fixed" and loop == "dataloader")
-            ]  # the idle row has it
+            loops = ["project"] if name == "idle, fixed" else LOOPS  # the idle row has DataLoader's
+            jobs = [(loop, batch) for batch in batches for loop in loops]
             if where == "pair":
                 for (loop, batch), pair in zip(jobs, side_by_side(jobs, options)):
                     results[name, batch, loop].append(pair)
