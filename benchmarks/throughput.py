@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -169,8 +170,11 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
-def rate(result: dict) -> float:
-    return result["images"] / (result["end"] - result["start"])
+def together(runs: list[dict]) -> float:
+    """Images per second of runs that ran at the same time: all images over their whole span."""
+    return sum(r["images"] for r in runs) / (
+        max(r["end"] for r in runs) - min(r["start"] for r in runs)
+    )
 
 
 @contextlib.contextmanager
@@ -255,7 +259,8 @@ def worker(options) -> None:
 
     def ready() -> None:
         print("@ready", flush=True)
-        sys.stdin.readline()
+        if not sys.stdin.readline():  # the benchmark is gone
+            sys.exit(1)
 
     for job in options.worker.split(","):
         loop, batch = job.split(":")
@@ -340,7 +345,7 @@ def variants(args, device, train, options) -> None:
     for name, runs in results.items():
         print(
             f"{device.type} batch {args.batch_size}, {name:<24} "
-            f"{statistics.median(map(rate, runs)):>9,.0f} img/s"
+            f"{statistics.median((together([r]) for r in runs)):>9,.0f} img/s"
             f"  (warm-up epoch {statistics.median(r['warmup'] for r in runs):.1f} s)",
             flush=True,
         )
@@ -374,28 +379,32 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
     results = {
         (name, batch, loop): [] for name in conditions for batch in batches for loop in LOOPS
     }
-    rounds = range(options.rounds)  # interleaved, so that a slow spell of the machine hits all
-    for _ in rounds:
+    rounds = range(1, options.rounds + 1)  # interleaved: a slow spell of the machine hits all
+
+    def record(name: str, batch: int, loop: str, runs: list[dict], round_: int) -> None:
+        results[name, batch, loop].append(runs)
+        used = ",".join(str(count) for run in runs for count in run["threads"])
+        print(
+            f"round {round_}/{options.rounds}: {name}, batch {batch}, {loop} loop: "
+            f"{together(runs):,.0f} img/s, threads {used}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    for round_ in rounds:
         for name, (_, condition_args, where) in conditions.items():
             loops = ["project"] if name == "idle, fixed" else LOOPS  # the idle row has DataLoader's
             jobs = [(loop, batch) for batch in batches for loop in loops]
             if where == "pair":
                 for (loop, batch), pair in zip(jobs, side_by_side(jobs, options)):
-                    results[name, batch, loop].append(pair)
+                    record(name, batch, loop, pair, round_)
                 continue
             with busy_core(options.busy_limit) if where == "busy" else contextlib.nullcontext():
                 for loop, batch in jobs:
                     condition_args.batch_size = batch
-                    results[name, batch, loop].append(
-                        [run_loop(loop, condition_args, device, root, train, options)]
-                    )
+                    run = run_loop(loop, condition_args, device, root, train, options)
+                    record(name, batch, loop, [run], round_)
     args.batch_size = main.build_parser().get_default("batch_size")
-
-    def together(runs: list[dict]) -> float:
-        """Images per second of runs that ran at the same time: all images over their whole span."""
-        return sum(r["images"] for r in runs) / (
-            max(r["end"] for r in runs) - min(r["start"] for r in runs)
-        )
 
     print(
         f"{'condition':<23}{'policy':<13}{'batch':>5}{'project img/s':>15}{'DataLoader img/s':>18}"
@@ -430,6 +439,8 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
 
 def run() -> None:
     main.flush_denormals()  # as main.py does, before torch starts its threads; both loops use it
+    # `kill` ends the benchmark as Ctrl-C does, through the `finally` that stops its processes
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -473,13 +484,13 @@ def run() -> None:
     a(
         "--busy-limit",
         type=float,
-        default=1800.0,
+        default=600.0,
         help="seconds after which the busy-core process ends itself (default: %(default)s)",
     )
     a(
         "--quick",
         action="store_true",
-        help="a check that it runs: 1,000 synthetic images, one round of one epoch each",
+        help="a check that it runs: 500 synthetic images, one round of one epoch each",
     )
     a(
         "--variants",
@@ -514,14 +525,14 @@ def run() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not real:
             root = Path(tmp)
-            synthetic_mnist(root, *((1_000, 200) if options.quick else ()))
+            synthetic_mnist(root, *((500, 200) if options.quick else ()))
         options.data_root = root
         source = (
             f"real MNIST from {options.data_dir}"
             if real
             else "synthetic data, "
             + (
-                "1,000 images (--quick)"
+                "500 images (--quick)"
                 if options.quick
                 else f"MNIST-sized (no MNIST in {options.data_dir})"
             )
@@ -545,7 +556,8 @@ def measure(args, root: Path, real: bool, options) -> None:
     )
 
     fixed = argparse.Namespace(**{**vars(args), "batch_size": default_batch})
-    rates = [flop_bound(fixed, device, default_batch) for _ in range(options.rounds)]
+    repeats = 30 if options.quick else 300
+    rates = [flop_bound(fixed, device, default_batch, repeats) for _ in range(options.rounds)]
     flops, matmul = rates[0][0], statistics.median(r[1] for r in rates)
     print(
         f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
