@@ -5,6 +5,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
@@ -110,6 +111,12 @@ def check_split(dataset: str, root: str | Path, train: bool) -> None:
         )
     if n_images == 0:
         raise DataError(f"{images} holds no images: replace it with a good copy")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """`array` as an IDX file of unsigned bytes: magic (0, 0, 8, ndim), big-endian dimensions, data."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
 
 
 def _checked_split(dataset: str, root: str | Path, train: bool) -> datasets.VisionDataset:

@@ -118,7 +118,8 @@ def build_parser() -> Parser:
     speed.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                        help="auto: CUDA, then MPS, then CPU")
     speed.add_argument("--threads", type=positive(int),
-                       help="CPU threads for torch (default: torch's choice)")
+                       help="CPU threads for torch (default: chosen while training by measuring "
+                       "steps: see docs/speed.md)")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the model with its loss: seconds to compile, "
                        "faster steps")

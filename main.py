@@ -44,6 +44,7 @@ from data import (  # noqa: E402
     to_test_pixels,
 )
 from latent import MAP_IMAGES, active_units, latent_map, latent_means  # noqa: E402
+from threads import ThreadTuner  # noqa: E402
 from vae import (  # noqa: E402
     GAUSSIAN_LOG_NORMALIZER,
     VAE,
@@ -55,7 +56,9 @@ from vae import (  # noqa: E402
 )
 from viewer import Viewer, figures, save_pngs  # noqa: E402
 
-TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second")
+# Keys of metrics.jsonl that depend on the machine and its load, not on the seed.
+TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second",
+               "threads")
 
 
 class NonFiniteLoss(Exception):
@@ -194,13 +197,16 @@ def loss_function(args: Namespace):
     return torch.compile(batch_loss) if args.compile else batch_loss
 
 
-def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device) -> float:
+def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device,
+                threads: ThreadTuner) -> float:
     """One pass over the shuffled training set; returns the mean loss per image.
 
     No host sync per step: each step's loss goes into a tensor on the device, which the host
     reads every `report_every` steps for the progress bar and the check for a non-finite loss.
+    `threads` times the steps on the CPU and sets the thread count (threads.py).
     """
     model.train()
+    threads.begin_epoch()
     n = pixels.shape[0]
     order = torch.randperm(n, device=device)
     steps = math.ceil(n / args.batch_size)
@@ -218,6 +224,7 @@ def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: tor
             loss.backward()
             optimizer.step()
             losses[step] = loss.detach()
+            threads.step()
             # now and then: look at the losses so far (a host sync), stop on a non-finite one
             if (step + 1) % report_every == 0 or step + 1 == steps:
                 recent = losses[checked : step + 1]
@@ -322,14 +329,15 @@ def describe(args: Namespace, data: Data, device, epoch: int) -> str:
             f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}")
 
 
-def train_epochs(args, model, optimizer, data: Data, device, viewer, history: list[dict]) -> None:
+def train_epochs(args, model, optimizer, data: Data, device, threads: ThreadTuner, viewer,
+                 history: list[dict]) -> None:
     """Train until args.epochs; after each epoch evaluate, save, log and show."""
     out, loss_fn = Path(args.out), loss_function(args)
     images, z, nrow = fixed_inputs(args, data.test, device)
     start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     for epoch in range(len(history) + 1, args.epochs + 1):
         tick = time.perf_counter()
-        train_loss = train_epoch(model, loss_fn, optimizer, data.train, args, epoch, device)
+        train_loss = train_epoch(model, loss_fn, optimizer, data.train, args, epoch, device, threads)
         seconds = time.perf_counter() - tick
         means = latent_means(model, data.test[:MAP_IMAGES])  # the map's points
         activity = active_units(means)
@@ -337,7 +345,8 @@ def train_epochs(args, model, optimizer, data: Data, device, viewer, history: li
                "active_units": activity.count}
         row.update(epoch_seconds=seconds, eval_seconds=time.perf_counter() - tick - seconds,
                    elapsed_seconds=time.perf_counter() - start,
-                   train_images_per_second=len(data.train) / seconds)
+                   train_images_per_second=len(data.train) / seconds,
+                   threads=threads.epoch_threads())
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise NonFiniteLoss(f"the weights became non-finite in epoch {epoch}")
         with ctrl_c_held():  # the epoch's checkpoint and metrics line: both written, or neither
@@ -373,9 +382,10 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
     viewer = Viewer(out, server, args.visdom_port, args.visdom_env, args.visdom_timeout,
                     args.visdom_retry, args.visdom_log)
     (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    print(describe(args, data, device, len(history)))
+    threads = ThreadTuner.for_run(args.threads, device, announce=tqdm.write)
+    print(f"{describe(args, data, device, len(history))}; {threads.describe()}")
     try:
-        train_epochs(args, model, optimizer, data, device, viewer, history)
+        train_epochs(args, model, optimizer, data, device, threads, viewer, history)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {interrupted_note(out, history)}")
         return 130
@@ -409,7 +419,7 @@ def main(argv: list[str]) -> int:
     args, checkpoint, new_folder = settings(argv)
     device = pick_device(args.device)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # training sets it through threads.ThreadTuner
     torch.manual_seed(args.seed)
     mode = run_generation if args.generate else run_evaluation if args.evaluate else run_training
     try:

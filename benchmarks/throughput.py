@@ -1,20 +1,39 @@
-"""Training throughput of main.py's loop against the common DataLoader pipeline, a FLOP bound, and time to quality.
+"""Training throughput of main.py's loop against the common DataLoader pipeline, on an idle and on
+a busy CPU, with a FLOP bound and the time to quality.
 
-    python benchmarks/throughput.py --data-dir ../shared/data
+    python benchmarks/throughput.py --data-dir DIR    # DIR holds MNIST/raw
+    python benchmarks/throughput.py --quick           # seconds, small synthetic data: does it run?
 
 (a) the project's loop (main.train_epoch: the split held as one tensor on the device, shuffled by
-index), with main.py's defaults or the given --flags; (b) the common pipeline: torchvision MNIST
-with transforms.ToTensor() through a shuffling DataLoader, the same model, optimizer and batch
-size, eager and in float32 whatever --flags say. Images per second over whole epochs, after a
-warm-up. Real MNIST when --data-dir has it, otherwise synthetic data of MNIST's size.
+index, the thread count chosen by threads.py's policy), with main.py's defaults or the given
+--flags; (b) the common pipeline: torchvision MNIST with transforms.ToTensor() through a shuffling
+DataLoader, the same model, optimizer and batch size, at torch's default thread count, eager and
+in float32 whatever --flags say. Images per second over whole epochs after a warm-up, in each of
+these conditions (a row each, per batch size):
+
+- idle, with the thread policy main.py uses (auto, unless --flags give --threads);
+- idle, with --threads fixed at torch's default count: the loop as it ran before the policy;
+- one core busy: a `while True: pass` process that this script starts, pins to the last core (so
+  the condition is the same every time) and stops; it also ends itself after --busy-limit seconds;
+- two runs side by side: two worker processes of this script warm up, then start their timed
+  epochs together; their images per second together are all their images over the wall time from
+  the first start to the last end.
+
+Real MNIST when --data-dir has it, otherwise synthetic data of MNIST's size.
 """
 
 import argparse
+import contextlib
+import json
+import os
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,58 +42,95 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import flags  # noqa: E402
 import main  # noqa: E402
-from data import load_images, raw_folder, to_pixels  # noqa: E402
+from data import idx_bytes, load_images, raw_folder, to_pixels  # noqa: E402
+from threads import ThreadTuner  # noqa: E402
 from vae import VAE, negative_elbo  # noqa: E402
 
+DEFAULT_THREADS = torch.get_num_threads()  # torch's choice, before anything changes it
+LOOPS = ("project", "dataloader")
 
-def synthetic_mnist(root: Path) -> None:
-    """Random 28x28 uint8 images in MNIST's IDX files and sizes (60,000 train, 10,000 test)."""
+
+def synthetic_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) -> None:
+    """Random 28x28 uint8 images and labels in MNIST's IDX files (MNIST's sizes by default)."""
     rng = np.random.default_rng(0)
     folder = raw_folder("mnist", root)
     folder.mkdir(parents=True)
-    for prefix, n in (("train", 60_000), ("t10k", 10_000)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
-        labels = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + rng.integers(0, 10, n, dtype=np.uint8).tobytes()
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
 
 
-ADAMS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"foreach": False}}
-
-
-def fresh(args, device, adam: str = "fused"):
+def fresh(args: argparse.Namespace, device: torch.device) -> tuple[VAE, torch.optim.Adam]:
     """A new model and optimizer, seeded as main.py seeds a run."""
     torch.manual_seed(args.seed)
-    model = VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
-    return model, torch.optim.Adam(model.parameters(), lr=args.lr, **ADAMS[adam])
+    model = main.build_model(args, device)
+    return model, main.build_optimizer(model, args)
 
 
-def project_loop(args, device, pixels, epochs: int, adam: str = "fused") -> tuple[float, float]:
-    """(images per second of main.train_epoch over `epochs` whole epochs after one warm-up epoch,
-    seconds of that warm-up epoch, which includes torch.compile's compilation with args.compile)."""
-    model, optimizer = fresh(args, device, adam)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def quiet(line: str) -> None:
+    """The benchmark's thread tuners announce nothing: each row reports the counts used."""
+
+
+def project_loop(
+    args, device, pixels, epochs: int, ready: Callable[[], None] = lambda: None
+) -> dict:
+    """main.train_epoch over `epochs` whole epochs after one warm-up epoch, with the thread policy
+    main.py would use for `args` (a tuner of its own, as a run has). `ready` is called between the
+    warm-up and the timed epochs. Returns the images, the monotonic start and end of the timed
+    epochs, the thread count of each, and the seconds of the warm-up (compiling, with --compile)."""
+    model, optimizer = fresh(args, device)
     torch._dynamo.reset()
     loss_fn = main.loss_function(args)
-    start = time.perf_counter()
-    main.train_epoch(model, loss_fn, optimizer, pixels, args, 0, device)
+    tuner = ThreadTuner.for_run(args.threads, device, announce=quiet)
+    start = time.monotonic()
+    main.train_epoch(model, loss_fn, optimizer, pixels, args, 0, device, tuner)
     sync(device)
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
+    warmup = time.monotonic() - start
+    ready()
+    start, counts = time.monotonic(), []
     for epoch in range(1, epochs + 1):
-        main.train_epoch(model, loss_fn, optimizer, pixels, args, epoch, device)
+        main.train_epoch(model, loss_fn, optimizer, pixels, args, epoch, device, tuner)
+        counts.append(tuner.epoch_threads())
     sync(device)
-    return epochs * pixels.shape[0] / (time.perf_counter() - start), warmup
+    end = time.monotonic()
+    torch.set_num_threads(DEFAULT_THREADS)
+    return {
+        "images": epochs * pixels.shape[0],
+        "start": start,
+        "end": end,
+        "threads": counts,
+        "warmup": warmup,
+    }
 
 
-def dataloader_loop(args, device, root: Path, epochs: int, warmup_steps: int = 100) -> float:
-    """Images per second of the usual tutorial loop over `epochs` whole epochs, after a warm-up."""
+def dataloader_loop(
+    args,
+    device,
+    root: Path,
+    epochs: int,
+    limit_seconds: float,
+    ready: Callable[[], None] = lambda: None,
+    warmup_steps: int = 100,
+) -> dict:
+    """The usual tutorial loop over `epochs` whole epochs after a warm-up, at torch's default thread
+    count, with loss.item() every step; returns what project_loop returns. The warm-up and the
+    timed epochs each stop early after `limit_seconds`: on a busy CPU torch's threads collapse,
+    and an epoch can take many minutes."""
+    torch.set_num_threads(DEFAULT_THREADS)
     model, optimizer = fresh(args, device)
     dataset = datasets.MNIST(str(root), train=True, transform=transforms.ToTensor())
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
 
-    def step(x):
+    def step(x: torch.Tensor) -> float:
         x = x.to(device).view(-1, 784)
         logits, mu, logvar = model(x)
         loss = negative_elbo(logits, x, mu, logvar, args.beta, args.likelihood)[0]
@@ -83,20 +139,137 @@ def dataloader_loop(args, device, root: Path, epochs: int, warmup_steps: int = 1
         optimizer.step()
         return loss.item() * x.shape[0]
 
+    start = time.monotonic()
     for i, (x, _) in enumerate(loader):
-        if i == warmup_steps:
+        if i == warmup_steps or time.monotonic() - start > limit_seconds:
             break
         step(x)
-    start = time.perf_counter()
+    ready()
+    start, images, total = time.monotonic(), 0, 0.0
     for _ in range(epochs):
-        total = sum(step(x) for x, _ in loader)
+        for x, _ in loader:
+            total += step(x)
+            images += x.shape[0]
+            if time.monotonic() - start > limit_seconds:
+                break
     assert np.isfinite(total)
-    return epochs * len(dataset) / (time.perf_counter() - start)
+    return {"images": images, "start": start, "end": time.monotonic(), "threads": [DEFAULT_THREADS]}
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def run_loop(
+    loop: str, args, device, root: Path, pixels, options, ready: Callable[[], None] = lambda: None
+) -> dict:
+    if loop == "project":
+        return project_loop(args, device, pixels, options.epochs, ready)
+    return dataloader_loop(
+        args, device, root, options.dataloader_epochs, options.dataloader_limit, ready
+    )
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the rounds' own ratios (paired: a slow spell hits both)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
+def together(runs: list[dict]) -> float:
+    """Images per second of runs that ran at the same time: all images over their whole span."""
+    return sum(r["images"] for r in runs) / (
+        max(r["end"] for r in runs) - min(r["start"] for r in runs)
+    )
+
+
+@contextlib.contextmanager
+def busy_core(limit_seconds: float) -> Iterator[subprocess.Popen]:
+    """Another program keeping one core busy: `while True: pass` in a process pinned to the last
+    core, for the duration of the block. Killed when the block is left, however it is left (an
+    exception, Ctrl-C); and it ends itself after `limit_seconds` should this process die first."""
+    code = (
+        f"import time\nend = time.monotonic() + {limit_seconds}\n"
+        "while time.monotonic() < end:\n    pass\n"
+    )
+    hog = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(hog.pid, {max(os.sched_getaffinity(0))})
+        time.sleep(0.2)  # let it take its core
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def side_by_side(jobs: list[tuple[str, int]], options) -> list[dict]:
+    """Two worker processes of this script run each (loop, batch) job at the same time: each warms
+    up and says so, then both are told to start. Returns, per job, the two runs' results."""
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        ",".join(f"{loop}:{batch}" for loop, batch in jobs),
+        "--data-dir",
+        str(options.data_root),
+        "--epochs",
+        str(options.epochs),
+        "--dataloader-epochs",
+        str(options.dataloader_epochs),
+        "--dataloader-limit",
+        str(options.dataloader_limit),
+        f"--flags={options.flags}",
+    ]
+    logs = [tempfile.TemporaryFile() for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
+        )
+        for log in logs
+    ]
+
+    def expect(worker: subprocess.Popen, log, prefix: str) -> str:
+        for line in worker.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+        log.seek(0)
+        raise RuntimeError(f"a side-by-side worker ended early: {log.read().decode()[-2000:]}")
+
+    try:
+        results = []
+        for _ in jobs:
+            for worker, log in zip(workers, logs):
+                expect(worker, log, "@ready")
+            for worker in workers:
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            results.append(
+                [json.loads(expect(worker, log, "@result ")) for worker, log in zip(workers, logs)]
+            )
+        return results
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+        for log in logs:
+            log.close()
+
+
+def worker(options) -> None:
+    """One of side_by_side's two runs: each job after a warm-up and a `go` on stdin."""
+    args = flags.build_parser().parse_args(shlex.split(options.flags))
+    device, root = torch.device("cpu"), Path(options.data_dir)
+    pixels = to_pixels(load_images("mnist", root, True), device)
+
+    def ready() -> None:
+        print("@ready", flush=True)
+        if not sys.stdin.readline():  # the benchmark is gone
+            sys.exit(1)
+
+    for job in options.worker.split(","):
+        loop, batch = job.split(":")
+        args.batch_size = int(batch)
+        print(
+            "@result " + json.dumps(run_loop(loop, args, device, root, pixels, options, ready)),
+            flush=True,
+        )
 
 
 def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, float]:
@@ -115,7 +288,7 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
         g = torch.randn(batch, l.out_features, device=device, dtype=dtype)
         operands.append((x, w, g, l is layers[0]))
 
-    def gemms():
+    def gemms() -> None:
         for x, w, g, first in operands:
             x @ w
             x.T @ g
@@ -132,45 +305,51 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
     return flops, repeats * batch * flops / (time.perf_counter() - start)
 
 
-def time_to_quality(args, device, train, test, target: float, limit: float) -> tuple[float | None, int, float]:
+def time_to_quality(
+    args, device, train, test, target: float, limit: float
+) -> tuple[float | None, int, float]:
     """Wall seconds (training and evaluation, and compiling with --compile) until the test loss
-    first falls below `target`."""
+    first falls below `target`, with main.py's thread policy from a fresh start."""
     model, optimizer = fresh(args, device)
     model.start_at_mean_image(train.mean(0))  # as main.py starts a run, so the run is main.py's
     torch._dynamo.reset()  # forget the compiled code of the loops timed before: a run compiles anew
+    tuner = ThreadTuner.for_run(args.threads, device, announce=quiet)
     start, epoch, loss = time.perf_counter(), 0, float("inf")
     loss_fn = main.loss_function(args)
-    while time.perf_counter() - start < limit:
-        epoch += 1
-        main.train_epoch(model, loss_fn, optimizer, train, args, epoch, device)
-        loss = main.evaluate(model, test, args)["test_loss"]
-        if loss < target:
-            return time.perf_counter() - start, epoch, loss
-    return None, epoch, loss
+    try:
+        while time.perf_counter() - start < limit:
+            epoch += 1
+            main.train_epoch(model, loss_fn, optimizer, train, args, epoch, device, tuner)
+            loss = main.evaluate(model, test, args)["test_loss"]
+            if loss < target:
+                return time.perf_counter() - start, epoch, loss
+        return None, epoch, loss
+    finally:
+        torch.set_num_threads(DEFAULT_THREADS)
 
 
 def variants(args, device, train, options) -> None:
-    """The project's loop at the default batch with one setting changed at a time (interleaved rounds)."""
-    changes = {"as is (fused Adam, torch's threads)": {}, "foreach Adam": {"adam": "foreach"},
-               "single-tensor Adam": {"adam": "single"}, "1 thread": {"threads": 1},
-               "--amp (bf16 autocast)": {"amp": True}, "--compile": {"compile": True},
-               "--compile --amp": {"compile": True, "amp": True}}
-    if device.type != "cpu":
-        del changes["1 thread"]
+    """The project's loop at the default batch, one setting changed at a time, interleaved."""
+    changes = {
+        "as is": {},
+        "--threads 1": {"threads": 1},
+        f"--threads {DEFAULT_THREADS}": {"threads": DEFAULT_THREADS},
+        "--amp (bf16 autocast)": {"amp": True},
+        "--compile": {"compile": True},
+        "--compile --amp": {"compile": True, "amp": True},
+    }
     results = {name: [] for name in changes}
-    threads = torch.get_num_threads()
-    given = args.amp, args.compile
     for _ in range(options.rounds):
         for name, change in changes.items():
-            torch.set_num_threads(change.get("threads", threads))
-            args.amp, args.compile = change.get("amp", False), change.get("compile", False)
-            results[name].append(project_loop(args, device, train, options.epochs, change.get("adam", "fused")))
-    torch.set_num_threads(threads)
-    args.amp, args.compile = given
+            changed = argparse.Namespace(**{**vars(args), **change})
+            results[name].append(project_loop(changed, device, train, options.epochs))
     for name, runs in results.items():
-        rate = statistics.median(r[0] for r in runs)
-        print(f"{device.type} batch {args.batch_size}, {name:<36} {rate:>9,.0f} img/s"
-              f"  (warm-up epoch {statistics.median(r[1] for r in runs):.1f} s)", flush=True)
+        print(
+            f"{device.type} batch {args.batch_size}, {name:<24} "
+            f"{statistics.median((together([r]) for r in runs)):>9,.0f} img/s"
+            f"  (warm-up epoch {statistics.median(r['warmup'] for r in runs):.1f} s)",
+            flush=True,
+        )
 
 
 def profile(args, device, train, steps: int = 200) -> None:
@@ -179,80 +358,240 @@ def profile(args, device, train, steps: int = 200) -> None:
 
     model, optimizer = fresh(args, device)
     subset = train[: steps * args.batch_size]
-    main.train_epoch(model, main.batch_loss, optimizer, subset, args, 0, device)
+    tuner = ThreadTuner.for_run(args.threads, device, announce=quiet)
+    main.train_epoch(model, main.batch_loss, optimizer, subset, args, 0, device, tuner)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        main.train_epoch(model, main.batch_loss, optimizer, subset, args, 1, device)
+        main.train_epoch(model, main.batch_loss, optimizer, subset, args, 1, device, tuner)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
+def condition_rows(args, device, root: Path, train, options, batches: list[int]) -> None:
+    """The table: each condition's loops at each batch size, in interleaved rounds."""
+    policy = f"--threads {args.threads}" if args.threads else "auto"
+    fixed = argparse.Namespace(**{**vars(args), "threads": DEFAULT_THREADS})
+    conditions = {  # name: (thread policy of the project's loop, its args, where it runs)
+        "idle": (policy, args, "here"),
+        "idle, fixed": (f"--threads {DEFAULT_THREADS}", fixed, "here"),
+        "one core busy": (policy, args, "busy"),
+        "two runs side by side": (policy, args, "pair"),
+    }
+    results = {
+        (name, batch, loop): [] for name in conditions for batch in batches for loop in LOOPS
+    }
+    rounds = range(1, options.rounds + 1)  # interleaved: a slow spell of the machine hits all
+
+    def record(name: str, batch: int, loop: str, runs: list[dict], round_: int) -> None:
+        results[name, batch, loop].append(runs)
+        used = ",".join(str(count) for run in runs for count in run["threads"])
+        print(
+            f"round {round_}/{options.rounds}: {name}, batch {batch}, {loop} loop: "
+            f"{together(runs):,.0f} img/s, threads {used}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    for round_ in rounds:
+        for name, (_, condition_args, where) in conditions.items():
+            loops = ["project"] if name == "idle, fixed" else LOOPS  # the idle row has DataLoader's
+            jobs = [(loop, batch) for batch in batches for loop in loops]
+            if where == "pair":
+                for (loop, batch), pair in zip(jobs, side_by_side(jobs, options)):
+                    record(name, batch, loop, pair, round_)
+                continue
+            with busy_core(options.busy_limit) if where == "busy" else contextlib.nullcontext():
+                for loop, batch in jobs:
+                    condition_args.batch_size = batch
+                    run = run_loop(loop, condition_args, device, root, train, options)
+                    record(name, batch, loop, [run], round_)
+    args.batch_size = flags.build_parser().get_default("batch_size")
+
+    print(
+        f"{'condition':<23}{'policy':<13}{'batch':>5}{'project img/s':>15}{'DataLoader img/s':>18}"
+        f"{'ratio':>7}  {'threads':<9}target check (medians of {options.rounds} rounds' own ratios)"
+    )
+    for batch in batches:
+        idle = [together(r) for r in results["idle", batch, "project"]]
+        for name, (row_policy, _, where) in conditions.items():
+            ours = [together(r) for r in results[name, batch, "project"]]
+            theirs = [together(r) for r in results[name, batch, "dataloader"]] or [
+                together(r) for r in results["idle", batch, "dataloader"]
+            ]
+            counts = {
+                c for runs in results[name, batch, "project"] for r in runs for c in r["threads"]
+            }
+            used = ",".join(map(str, sorted(counts)))  # the thread counts of its timed epochs
+            ratio = median_ratio(ours, theirs)
+            if name == "idle":
+                check = ""
+            elif name == "idle, fixed":
+                check = f"idle auto at {median_ratio(idle, ours):.0%} of it (target 95%)"
+            elif where == "busy":
+                check = f"{median_ratio(ours, idle):.0%} of idle (target 75%)"
+            else:
+                check = f"together {median_ratio(ours, idle):.2f}x one run alone (target 1x)"
+            print(
+                f"{name:<23}{row_policy:<13}{batch:>5}{statistics.median(ours):>15,.0f}"
+                f"{statistics.median(theirs):>18,.0f}{ratio:>6.1f}x  {used:<9}{check}",
+                flush=True,
+            )
 
 
 def run() -> None:
-    main.flush_denormals()  # as main.py does, before torch starts its threads; both loops run with it
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="./data", help="folder with MNIST/raw (default: %(default)s)")
-    parser.add_argument("--batch-sizes", default=f"32,{main.build_parser().get_default('batch_size')}",
-                        help="batch sizes to compare (default: %(default)s: the tutorial's and the project's)")
-    parser.add_argument("--epochs", type=int, default=2, help="measured epochs of the project's loop (default: %(default)s)")
-    parser.add_argument("--dataloader-epochs", type=int, default=1, help="measured epochs of the DataLoader loop (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians are printed (default: %(default)s)")
-    parser.add_argument("--target", type=float, default=36.0, help="test loss for time to quality (default: %(default)s)")
-    parser.add_argument("--variants", action="store_true", help="also time the loop with fused/foreach/single Adam, 1 thread, --amp, --compile, both")
-    parser.add_argument("--profile", action="store_true", help="also print the top operators of the loop (torch.profiler)")
-    parser.add_argument("--flags", default="", help='main.py flags for the project\'s loop and the time to quality, '
-                        'e.g. --flags="--compile --amp" (default: none, the defaults)')
+    main.flush_denormals()  # as main.py does, before torch starts its threads; both loops use it
+    # `kill` ends the benchmark as Ctrl-C does, through the `finally` that stops its processes
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    a = parser.add_argument
+    a("--data-dir", default="./data", help="folder with MNIST/raw (default: %(default)s)")
+    a(
+        "--batch-sizes",
+        default=f"32,{flags.build_parser().get_default('batch_size')}",
+        help="batch sizes to compare (default: %(default)s: the tutorial's and the project's)",
+    )
+    a(
+        "--epochs",
+        type=int,
+        default=2,
+        help="measured epochs of the project's loop (default: %(default)s)",
+    )
+    a(
+        "--dataloader-epochs",
+        type=int,
+        default=1,
+        help="measured epochs of the DataLoader loop (default: %(default)s)",
+    )
+    a(
+        "--dataloader-limit",
+        type=float,
+        default=30.0,
+        help="seconds after which the DataLoader loop stops early (default: %(default)s)",
+    )
+    a(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved repeats; medians are printed (default: %(default)s)",
+    )
+    a(
+        "--target",
+        type=float,
+        default=36.0,
+        help="test loss for time to quality (default: %(default)s)",
+    )
+    a(
+        "--busy-limit",
+        type=float,
+        default=600.0,
+        help="seconds after which the busy-core process ends itself (default: %(default)s)",
+    )
+    a(
+        "--quick",
+        action="store_true",
+        help="a check that it runs: 500 synthetic images, one round of one epoch each",
+    )
+    a(
+        "--variants",
+        action="store_true",
+        help="also time the loop with --threads 1 and N, --amp, --compile, both",
+    )
+    a(
+        "--profile",
+        action="store_true",
+        help="also print the top operators of the loop (torch.profiler)",
+    )
+    a(
+        "--flags",
+        default="",
+        help="main.py flags for the project's loop and the time to quality, "
+        'e.g. --flags="--compile --amp" (default: none, the defaults)',
+    )
+    a("--worker", help=argparse.SUPPRESS)  # loop:batch,... : one of the two side-by-side runs
     options = parser.parse_args()
+    if options.worker:
+        return worker(options)
+    if options.quick:
+        options.rounds, options.epochs, options.dataloader_epochs = 1, 1, 1
+        options.busy_limit, options.dataloader_limit = 120.0, 1.0
 
-    args = main.build_parser().parse_args(shlex.split(options.flags))  # the project's settings
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    args = flags.build_parser().parse_args(shlex.split(options.flags))  # the project's settings
     root = Path(options.data_dir)
-    real = all((raw_folder("mnist", root) / name).exists() for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
-    tmp = tempfile.TemporaryDirectory()
-    if not real:
-        root = Path(tmp.name)
-        synthetic_mnist(root)
-    print(f"data: {'real MNIST from ' + str(options.data_dir) if real else 'synthetic, MNIST-sized (no MNIST in ' + str(options.data_dir) + ')'}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, "
-          f"Adam (fused), lr {args.lr}; project's loop with {options.flags or 'the default flags'}")
-    print(f"{'device':<7}{'batch':>6}{'project img/s':>15}{'DataLoader img/s':>18}{'ratio':>7}   "
-          f"(medians of {options.rounds} interleaved rounds; ratio: median of the rounds' ratios)")
-    default_batch = main.build_parser().get_default("batch_size")
-    for device in devices:
-        train = to_pixels(load_images("mnist", root, True), device)
-        for batch in map(int, options.batch_sizes.split(",")):
-            args.batch_size = batch
-            ours, theirs, matmul = [], [], []
-            for _ in range(options.rounds):  # interleaved, so that a slow spell of a shared machine hits both
-                ours.append(project_loop(args, device, train, options.epochs)[0])
-                theirs.append(dataloader_loop(args, device, root, options.dataloader_epochs))
-                if batch == default_batch:
-                    flops, rate = flop_bound(args, device, batch)
-                    matmul.append(rate)
-            ratios = [a / b for a, b in zip(ours, theirs)]
-            print(f"{device.type:<7}{batch:>6}{statistics.median(ours):>15,.0f}{statistics.median(theirs):>18,.0f}"
-                  f"{statistics.median(ratios):>6.1f}x   (project {min(ours):,.0f}..{max(ours):,.0f}, "
-                  f"DataLoader {min(theirs):,.0f}..{max(theirs):,.0f}, ratio {min(ratios):.1f}..{max(ratios):.1f})", flush=True)
-            if matmul:
-                fraction = statistics.median(a * flops / m for a, m in zip(ours, matmul))
-                print(f"{'':13}FLOP bound at batch {batch}: {flops / 1e6:.2f} MFLOP per image (forward and backward); "
-                      f"torch.matmul sustains {statistics.median(matmul) / 1e9:.0f} GFLOP/s at the model's sizes{' in bf16' if args.amp else ''} "
-                      f"({min(matmul) / 1e9:.0f}..{max(matmul) / 1e9:.0f}) -> {statistics.median(matmul) / flops:,.0f} img/s; "
-                      f"the loop reaches {fraction:.0%} of it (median of the rounds)", flush=True)
-        args.batch_size = default_batch
-        if options.variants:
-            variants(args, device, train, options)
-        if options.profile:
-            profile(args, device, train)
+    real = not options.quick and all(
+        (raw_folder("mnist", root) / name).exists()
+        for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
         if not real:
-            print("time to quality: needs real MNIST (--data-dir)")
-            continue
-        test = to_pixels(load_images("mnist", root, False), device)
+            root = Path(tmp)
+            synthetic_mnist(root, *((500, 200) if options.quick else ()))
+        options.data_root = root
+        source = (
+            f"real MNIST from {options.data_dir}"
+            if real
+            else "synthetic data, "
+            + (
+                "500 images (--quick)"
+                if options.quick
+                else f"MNIST-sized (no MNIST in {options.data_dir})"
+            )
+        )
+        print(
+            f"data: {source}; torch {torch.__version__}, {DEFAULT_THREADS} threads by default; "
+            f"model 784-{'-'.join(map(str, args.hidden))}-{args.latent_dim}, Adam (fused), "
+            f"lr {args.lr}; "
+            f"project's loop with {options.flags or 'the default flags'}; {os.cpu_count()} CPUs"
+        )
+        measure(args, root, real, options)
+
+
+def measure(args, root: Path, real: bool, options) -> None:
+    """Every row: conditions, FLOP bound, variants and profile if asked, time to quality."""
+    device = torch.device("cpu")  # the conditions are about CPU threads; a GPU's loop has no policy
+    train = to_pixels(load_images("mnist", root, True), device)
+    default_batch = flags.build_parser().get_default("batch_size")
+    condition_rows(
+        args, device, root, train, options, [int(b) for b in options.batch_sizes.split(",")]
+    )
+
+    fixed = argparse.Namespace(**{**vars(args), "batch_size": default_batch})
+    repeats = 30 if options.quick else 300
+    rates = [flop_bound(fixed, device, default_batch, repeats) for _ in range(options.rounds)]
+    flops, matmul = rates[0][0], statistics.median(r[1] for r in rates)
+    print(
+        f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
+        f"backward); torch.matmul sustains {matmul / 1e9:.0f} GFLOP/s at the model's sizes"
+        f"{' in bf16' if args.amp else ''} at {DEFAULT_THREADS} threads, idle "
+        f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
+        f"-> {matmul / flops:,.0f} img/s; compare the idle row at batch {default_batch}",
+        flush=True,
+    )
+    if options.variants:
+        variants(fixed, device, train, options)
+    if options.profile:
+        profile(fixed, device, train)
+    if not real:
+        print("time to quality: needs real MNIST (--data-dir)")
+        return
+    test = to_pixels(load_images("mnist", root, False), device)
+    for condition in ("idle", "one core busy"):
         for _ in range(options.rounds):
-            seconds, epochs, loss = time_to_quality(args, device, train, test, options.target, limit=120)
-            print(f"{device.type}: time to quality with {options.flags or 'the defaults'}: test loss {loss:.2f} < {options.target} after "
-                  f"{epochs} epochs, {seconds:.1f} s of training and evaluation" if seconds is not None else
-                  f"{device.type}: test loss {loss:.2f} still above {options.target} after {epochs} epochs (120 s)", flush=True)
+            with busy_core(options.busy_limit) if condition != "idle" else contextlib.nullcontext():
+                seconds, epochs, loss = time_to_quality(
+                    fixed, device, train, test, options.target, limit=120
+                )
+            given = options.flags or "the defaults"
+            outcome = (
+                f"test loss {loss:.2f} < {options.target} after {epochs} epochs, {seconds:.1f} s "
+                "of training and evaluation"
+                if seconds is not None
+                else f"test loss {loss:.2f} still above {options.target} after {epochs} epochs "
+                "(120 s)"
+            )
+            print(f"time to quality, {condition}, {given}: {outcome}", flush=True)
+
 
 if __name__ == "__main__":
     run()

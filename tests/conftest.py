@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from data import idx_bytes  # noqa: E402  (also imported from here by test_faults.py)
 N_TRAIN, N_TEST = 512, 128
 # A short run of main.py on the tiny data, without Visdom.
 QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
@@ -26,12 +27,6 @@ OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.
 def offline(monkeypatch):
     for key, value in OFFLINE_ENV.items():
         monkeypatch.setenv(key, value)
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file: magic (0, 0, unsigned byte, ndim), big-endian dimensions, then the data."""
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ import main
 import data
 import flags
 import vae
+from threads import ThreadTuner
 from conftest import QUICK, ROOT, metrics, run_main, wait_for, write_mnist
 
 TIMINGS = set(main.TIMING_KEYS)
@@ -176,7 +177,8 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
         return main.batch_loss(model, x, args)
 
     for epoch in range(200):
-        main.train_epoch(model, record, main.build_optimizer(model, args), grey, args, epoch, "cpu")
+        optimizer = main.build_optimizer(model, args)
+        main.train_epoch(model, record, optimizer, grey, args, epoch, "cpu", ThreadTuner(None))
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
     # the mean of binarized pixels follows the intensities (the order is shuffled: compare sums)
