@@ -109,7 +109,8 @@ class Viewer:
             print(f"Visdom server at {self.server} stopped answering: saving PNGs, will try again later")
 
     def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict]) -> None:
-        """Write each grid (name → (uint8 image, title)) as PNG, then send it and the loss plot."""
+        """Write each grid (name → (uint8 image, title)) as PNG, then send it and the loss plot
+        (train and test loss, and the watched −log p(x) where history has it)."""
         save_pngs(self.out, grids)
         if self.client is None:
             return
@@ -127,6 +128,19 @@ class Viewer:
             opts=dict(title="loss per image", legend=["train", "test"],
                       xlabel="epoch", ylabel="loss per image"),
         )
+        watched = [row for row in history if "watch_nll" in row]
+        if watched:  # a trace of its own: it has points only on the epochs it was estimated
+            self._send(
+                "line",
+                np.array([row["watch_nll"] for row in watched]),
+                np.array([row["epoch"] for row in watched]),
+                win="loss", update="append", name=watch_name(watched[-1]),
+            )
+
+
+def watch_name(row: dict) -> str:
+    """The loss pane's name for the watched −log p(x) line."""
+    return f"test −log p(x), k={row['watch_k']}, {row['watch_images']} images"
 
 
 @torch.inference_mode()
