@@ -4,10 +4,12 @@ log-likelihood, their flags, and resuming with them on."""
 import json
 import math
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import metrics
+from conftest import QUICK, ROOT, metrics
 from test_main import without_timings
 from test_viewer import visdom_flags, windows
 
@@ -277,3 +279,16 @@ def test_the_watched_log_likelihood_reaches_the_visdom_loss_pane(visdom_server, 
     watched = lines["test −log p(x), k=5, 32 images"]
     assert watched["x"] == [2, 4]
     assert watched["y"] == pytest.approx([rows[1]["watch_nll"], rows[3]["watch_nll"]])
+
+
+def test_the_plot_tool_draws_the_watched_curve_and_the_final_estimate(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out), "--likelihood",
+                      "bernoulli", "--watch-every", "1", "--watch-k", "5", "--eval-k", "7"]) == 0
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_watch.py"), str(out),
+                             "--out", str(tmp_path / "nll.png")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    best = min(row["watch_nll"] for row in metrics(out) if "watch_nll" in row)
+    final = metrics(out)[-1]["test_nll"]
+    assert f"within 30 min, best watched {best:.2f}; evaluated {final:.2f} (k=7)" in result.stdout
+    assert (tmp_path / "nll.png").stat().st_size > 0
