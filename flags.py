@@ -106,7 +106,8 @@ def build_parser() -> Parser:
     train.add_argument("--lr-floor", type=fraction, default=0.01,
                        help="the decayed lr at the end, as a fraction of --lr")
     train.add_argument("--warmup-epochs", type=positive(float, allow_zero=True), default=0.0,
-                       help="lr rises linearly from 0 over these (fractional) epochs first")
+                       help="lr rises linearly from 0 over these (fractional) epochs first; 0 (the "
+                       "default): none")
     train.add_argument("--adam-eps", type=positive(float), default=1e-8,
                        help="Adam's epsilon (1e-4 steadies long runs)")
     train.add_argument("--clip-grad", type=positive(float), metavar="NORM",
@@ -151,7 +152,8 @@ def build_parser() -> Parser:
     run.add_argument("--num-images", type=positive(int), default=64, help="images in each grid")
     run.add_argument("--watch-every", type=positive(int, allow_zero=True), default=0,
                      metavar="N", help="every N epochs, estimate −log p(x) on a fixed test subset "
-                     "into metrics.jsonl (watch_nll) and the Visdom loss pane; 0: never")
+                     "into metrics.jsonl (watch_nll) and the Visdom loss pane; "
+                     "0 (the default): never")
     run.add_argument("--watch-k", type=positive(int), default=100,
                      help="importance samples for that estimate")
     run.add_argument("--watch-images", type=positive(int), default=1000,
