@@ -14,9 +14,14 @@ ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu")
 LIKELIHOODS = ("gaussian", "bernoulli")
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
 # Flags that fix the model and its data: a checkpoint must agree with them.
-MODEL_FLAGS = ("dataset", "hidden", "latent_dim", "activation", "likelihood", "binarize")
+MODEL_FLAGS = ("dataset", "hidden", "latent_dim", "activation", "decoder_activation", "likelihood",
+               "binarize")
 # Flags of one invocation that a checkpoint never supplies.
 MODE_FLAGS = ("resume", "evaluate", "generate", "eval_k", "out")
+# Flags that, given to --resume, start a new learning-rate schedule at the checkpoint's epoch.
+SCHEDULE_FLAGS = ("lr", "lr_schedule", "lr_floor", "warmup_epochs")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
+OBJECTIVES = ("elbo", "iwae")
 
 
 def python_command() -> str:
@@ -47,6 +52,14 @@ def positive(kind: type, allow_zero: bool = False):
         return value
 
     return parse
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number above 0 and at most 1."""
+    value = positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {text}")
+    return value
 
 
 def port(text: str) -> int:
@@ -85,6 +98,28 @@ def build_parser() -> Parser:
     train.add_argument("--beta", type=positive(float, allow_zero=True), default=1.0,
                        help="weight of the KL term")
     train.add_argument("--seed", type=int, default=0, help="seed for everything random")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="lr at each step: constant; cosine or exponential from --lr down to "
+                       "--lr·--lr-floor at the last epoch; burda: --lr·10^(-i/7) for 3^i epochs, "
+                       "i = 0..7 (Burda et al. 2015). --resume keeps the schedule; giving one of "
+                       "--lr, --lr-schedule, --lr-floor, --warmup-epochs starts a new one there")
+    train.add_argument("--lr-floor", type=fraction, default=0.01,
+                       help="the decayed lr at the end, as a fraction of --lr")
+    train.add_argument("--warmup-epochs", type=positive(float, allow_zero=True), default=0.0,
+                       help="lr rises linearly from 0 over these (fractional) epochs first; 0 (the "
+                       "default): none")
+    train.add_argument("--adam-eps", type=positive(float), default=1e-8,
+                       help="Adam's epsilon (1e-4 steadies long runs)")
+    train.add_argument("--clip-grad", type=positive(float), metavar="NORM",
+                       help="clip the gradient's total norm to NORM (default: no clipping)")
+    train.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                       help="elbo: reconstruction + analytic KL; iwae: the importance-weighted "
+                       "bound with --train-k samples (Burda et al. 2015), costlier per step")
+    train.add_argument("--train-k", type=positive(int), default=5,
+                       help="importance samples per image for --objective iwae")
+    train.add_argument("--stl", action="store_true",
+                       help="sticking the landing (Roeder et al. 2017): the encoder's gradient "
+                       "without log q's score term; the ELBO then uses a one-sample KL")
 
     model = p.add_argument_group("model and data (a checkpoint keeps these)")
     model.add_argument("--latent-dim", type=positive(int), default=10, help="latent dimensions")
@@ -92,6 +127,8 @@ def build_parser() -> Parser:
                        help="encoder widths; the decoder mirrors them (default: 256,64)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="hidden activation")
+    model.add_argument("--decoder-activation", choices=ACTIVATIONS,
+                       help="the decoder's hidden activation (default: --activation's)")
     model.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian",
                        help="gaussian: squared error + KL (the design); "
                        "bernoulli: cross-entropy from logits")
@@ -113,6 +150,14 @@ def build_parser() -> Parser:
     run.add_argument("--eval-k", type=positive(int),
                      help="importance samples for a log-likelihood estimate after training")
     run.add_argument("--num-images", type=positive(int), default=64, help="images in each grid")
+    run.add_argument("--watch-every", type=positive(int, allow_zero=True), default=0,
+                     metavar="N", help="every N epochs, estimate −log p(x) on a fixed test subset "
+                     "into metrics.jsonl (watch_nll) and the Visdom loss pane; "
+                     "0 (the default): never")
+    run.add_argument("--watch-k", type=positive(int), default=100,
+                     help="importance samples for that estimate")
+    run.add_argument("--watch-images", type=positive(int), default=1000,
+                     help="the first this many test images make its subset")
 
     speed = p.add_argument_group("device and speed")
     speed.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
@@ -153,6 +198,14 @@ def given(argv: list[str]) -> set[str]:
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
+
+
+def check(args: argparse.Namespace) -> None:
+    """Fail as for a bad flag on combinations that make no sense (after a checkpoint's merge)."""
+    if (args.objective == "iwae" or args.stl) and args.beta != 1:
+        fail(f"--objective iwae and --stl bound log p(x) only with --beta 1, got {args.beta}")
+    if args.warmup_epochs >= args.epochs:
+        fail(f"--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}")
 
 
 def fail(message: str):

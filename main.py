@@ -15,10 +15,12 @@ if __name__ == "__main__":  # answer --help and a mistyped flag before torch loa
     flags.parse(sys.argv[1:])
 
 import datetime  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 from argparse import Namespace  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -51,6 +53,7 @@ from vae import (  # noqa: E402
     importance_weighted_log_likelihood,
     kl_divergence,
     negative_elbo,
+    negative_iw_bound,
     reconstruction_loss,
     reparameterize,
 )
@@ -80,9 +83,9 @@ def flush_denormals() -> None:
 def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None:
     """Take the checkpoint's settings for every flag not given; model flags must agree with it."""
     given, saved = flags.given(argv), checkpoint["args"]
-    for flag in flags.MODEL_FLAGS:
-        if flag in given and getattr(args, flag) != saved[flag]:
-            flags.fail(f"the checkpoint has {flag} {saved[flag]}, the flags say "
+    for flag in flags.MODEL_FLAGS:  # saved.get: older checkpoints lack newer model flags
+        if flag in given and getattr(args, flag) != saved.get(flag):
+            flags.fail(f"the checkpoint has {flag} {saved.get(flag)}, the flags say "
                        f"{getattr(args, flag)}: drop --{flag.replace('_', '-')} to continue it, "
                        "or start a new run")
     for key, value in saved.items():
@@ -91,6 +94,9 @@ def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None
     if args.resume and args.epochs <= checkpoint["epoch"]:
         flags.fail(f"the checkpoint has finished {checkpoint['epoch']} epochs already: "
                    f"pass --epochs N with N > {checkpoint['epoch']} to train further")
+    if args.resume and (given & set(flags.SCHEDULE_FLAGS) or "lr_schedule" not in checkpoint):
+        # a new lr schedule from here to --epochs (checkpoints without one had a constant lr)
+        checkpoint["lr_schedule"] = {"start": checkpoint["epoch"], "end": args.epochs}
 
 
 def prepare_out(args: Namespace, source: str | None) -> bool:
@@ -123,6 +129,7 @@ def settings(argv: list[str]) -> tuple[Namespace, dict | None, bool]:
         except CheckpointError as error:
             flags.fail(str(error))
         merge_checkpoint(args, argv, checkpoint)
+    flags.check(args)
     for kind, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)):
         if args.device == kind and not available():
             flags.fail(f"--device {kind}: torch finds no {kind.upper()} device here; "
@@ -140,11 +147,37 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(args: Namespace, device: torch.device) -> VAE:
-    return VAE(784, tuple(args.hidden), args.latent_dim, args.activation).to(device)
+    sizes = (784, tuple(args.hidden), args.latent_dim)
+    return VAE(*sizes, args.activation, args.decoder_activation).to(device)
 
 
 def build_optimizer(model: VAE, args: Namespace) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps, fused=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def scheduled_lr(args: Namespace, span: dict, progress: float) -> float:
+    """The lr `progress` epochs into the run (fractional) for a schedule set at epoch
+    span["start"] to end at span["end"]: a linear warm-up, then --lr-schedule, the floor after."""
+    done = progress - span["start"]
+    if done < args.warmup_epochs:
+        return args.lr * done / args.warmup_epochs
+    if args.lr_schedule == "burda":  # stage i lasts 3^i epochs: epochs (3^i - 1)/2 + 1 ... on
+        epoch, stage = math.ceil(done), 0
+        while stage < 7 and epoch > (3 ** (stage + 1) - 1) // 2:
+            stage += 1
+        return args.lr * 10 ** (-stage / 7)
+    decay_epochs = max(span["end"] - span["start"] - args.warmup_epochs, 1e-9)
+    t = min(1.0, (done - args.warmup_epochs) / decay_epochs)  # 0 → 1 over the decay
+    if args.lr_schedule == "cosine":
+        return args.lr * (args.lr_floor + (1 - args.lr_floor) * (1 + math.cos(math.pi * t)) / 2)
+    if args.lr_schedule == "exponential":
+        return args.lr * args.lr_floor**t
+    return args.lr
 
 
 def restore(model: VAE, optimizer: torch.optim.Adam | None, checkpoint: dict, args: Namespace) -> None:
@@ -153,8 +186,7 @@ def restore(model: VAE, optimizer: torch.optim.Adam | None, checkpoint: dict, ar
         model.load_state_dict(checkpoint["model"])
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
-            for group in optimizer.param_groups:
-                group["lr"] = args.lr
+            set_lr(optimizer, args.lr)
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"the checkpoint does not fit this model ({str(error).splitlines()[0]}): "
                               "start a new run or give the flags it was made with") from None
@@ -182,12 +214,17 @@ def load_data(args: Namespace, device: torch.device, train: bool = True) -> Data
 
 
 def batch_loss(model: VAE, x: torch.Tensor, args: Namespace) -> torch.Tensor:
-    """The negative ELBO of a batch; under --amp the forward pass runs in bf16.
+    """The negative ELBO of a batch, or with --objective iwae the negative importance-weighted
+    bound (k = --train-k); --stl changes the encoder's gradient, not the value (but the ELBO then
+    uses a one-sample KL). Under --amp the forward pass runs in bf16.
 
     With --compile this whole function is compiled, the loss with the model, so that its backward
     is compiled too: compiling the model alone leaves the loss's many small operations eager.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):
+        if args.objective == "iwae" or args.stl:
+            k = args.train_k if args.objective == "iwae" else 1
+            return negative_iw_bound(model, x, k, args.likelihood, args.stl)
         logits, mu, logvar = model(x)
     return negative_elbo(logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood)[0]
 
@@ -198,8 +235,9 @@ def loss_function(args: Namespace):
 
 
 def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device,
-                threads: ThreadTuner) -> float:
-    """One pass over the shuffled training set; returns the mean loss per image.
+                threads: ThreadTuner, lr_at: Callable[[float], float] | None = None) -> float:
+    """One pass over the shuffled training set; returns the mean loss per image. `lr_at` (if any)
+    gives each step's lr from the epochs done by its end; --clip-grad clips each gradient.
 
     No host sync per step: each step's loss goes into a tensor on the device, which the host
     reads every `report_every` steps for the progress bar and the check for a non-finite loss.
@@ -218,10 +256,14 @@ def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: tor
             x = pixels[order[step * args.batch_size : (step + 1) * args.batch_size]]
             if args.binarize == "dynamic":
                 x = torch.bernoulli(x)
-            # one step of Adam on the negative ELBO
+            # one step of Adam on the loss, at the schedule's lr, the gradient's norm clipped
+            if lr_at is not None:
+                set_lr(optimizer, lr_at(epoch - 1 + (step + 1) / steps))
             loss = loss_fn(model, x, args)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if args.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             optimizer.step()
             losses[step] = loss.detach()
             threads.step()
@@ -253,6 +295,23 @@ def evaluate(model, pixels, args, batch: int = 5000) -> dict:
         kl += kl_divergence(mu, logvar).sum().item()
     n = pixels.shape[0]
     return {"test_loss": (recon + args.beta * kl) / n, "test_recon": recon / n, "test_kl": kl / n}
+
+
+@torch.inference_mode()
+def watch_estimate(model, test, args, epoch: int) -> dict:
+    """Every --watch-every epochs, −log p(x) with k = --watch-k on the first --watch-images test
+    images, the same ε each time (seeded): a cheap view of the log-likelihood; else nothing."""
+    if not args.watch_every or epoch % args.watch_every:
+        return {}
+    model.eval()
+    generator = torch.Generator(device=test.device).manual_seed(args.seed)
+    images, total = test[: args.watch_images], 0.0
+    for x in images.split(100):
+        total += importance_weighted_log_likelihood(
+            model, x, args.watch_k, args.likelihood, chunk=500, generator=generator
+        ).sum().item()
+    return {"watch_nll": -total / images.shape[0], "watch_k": args.watch_k,
+            "watch_images": images.shape[0]}
 
 
 def density_note(args: Namespace) -> str:
@@ -323,26 +382,50 @@ def run_evaluation(args: Namespace, checkpoint: dict, device: torch.device) -> i
 def describe(args: Namespace, data: Data, device, epoch: int) -> str:
     """The run's first line: where, what data, which model, which settings."""
     sizes = "-".join(map(str, [784, *args.hidden, args.latent_dim]))
-    return (f"run {args.out}: {args.dataset} ({len(data.train)} train, {len(data.test)} test images) "
-            f"on {device}, VAE {sizes} {args.activation}, {args.likelihood} likelihood, "
+    activation = args.activation
+    if args.decoder_activation not in (None, args.activation):
+        activation += f"/{args.decoder_activation} (encoder/decoder)"
+    return (f"run {args.out}: {args.dataset} ({len(data.train)} train, {len(data.test)} test "
+            f"images) on {device}, VAE {sizes} {activation}, {args.likelihood} likelihood, "
             f"binarize {args.binarize}, beta {args.beta}, epochs {epoch + 1}..{args.epochs}, "
-            f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}")
+            f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}{training_options(args)}")
+
+
+def training_options(args: Namespace) -> str:
+    """The training flags that differ from their defaults, for the run's first line."""
+    decays = args.lr_schedule in ("cosine", "exponential")
+    options = {
+        f"{args.lr_schedule} lr" + (f" to ×{args.lr_floor}" if decays else ""):
+            args.lr_schedule != "constant",
+        f"warm-up {args.warmup_epochs} epochs": args.warmup_epochs,
+        f"Adam eps {args.adam_eps}": args.adam_eps != 1e-8,
+        f"gradient norm clipped at {args.clip_grad}": args.clip_grad,
+        f"IWAE k={args.train_k}": args.objective == "iwae",
+        "sticking the landing": args.stl,
+        f"−log p(x) k={args.watch_k} every {args.watch_every} epochs": args.watch_every,
+    }
+    return "".join(f", {option}" for option, shown in options.items() if shown)
 
 
 def train_epochs(args, model, optimizer, data: Data, device, threads: ThreadTuner, viewer,
-                 history: list[dict]) -> None:
-    """Train until args.epochs; after each epoch evaluate, save, log and show."""
+                 history: list[dict], span: dict) -> None:
+    """Train until args.epochs, the lr scheduled over `span`; after each epoch evaluate, save,
+    log and show."""
     out, loss_fn = Path(args.out), loss_function(args)
+    scheduled = args.lr_schedule != "constant" or args.warmup_epochs
+    lr_at = functools.partial(scheduled_lr, args, span) if scheduled else None
     images, z, nrow = fixed_inputs(args, data.test, device)
     start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     for epoch in range(len(history) + 1, args.epochs + 1):
         tick = time.perf_counter()
-        train_loss = train_epoch(model, loss_fn, optimizer, data.train, args, epoch, device, threads)
+        train_loss = train_epoch(model, loss_fn, optimizer, data.train, args, epoch, device,
+                                 threads, lr_at)
         seconds = time.perf_counter() - tick
         means = latent_means(model, data.test[:MAP_IMAGES])  # the map's points
         activity = active_units(means)
-        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, data.test, args),
-               "active_units": activity.count}
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+               **evaluate(model, data.test, args), "active_units": activity.count,
+               **watch_estimate(model, data.test, args, epoch)}
         row.update(epoch_seconds=seconds, eval_seconds=time.perf_counter() - tick - seconds,
                    elapsed_seconds=time.perf_counter() - start,
                    train_images_per_second=len(data.train) / seconds,
@@ -354,11 +437,13 @@ def train_epochs(args, model, optimizer, data: Data, device, threads: ThreadTune
             save_checkpoint(out / "checkpoint.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "args": vars(args), "rng": rng_state(device), "history": history,
+                "lr_schedule": span,
             })
             append_metrics(out / "metrics.jsonl", row)
+        watched = f", −log p(x) {row['watch_nll']:.2f}" if "watch_nll" in row else ""
         print(f"epoch {epoch}/{args.epochs}: train {train_loss:.2f}, test {row['test_loss']:.2f} "
-              f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image, "
-              f"{activity.count} of {args.latent_dim} latent dims active, "
+              f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image"
+              f"{watched}, {activity.count} of {args.latent_dim} latent dims active, "
               f"{seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
         names = class_names(args.dataset)
         viewer.show(figures(model.eval(), images, z, epoch, nrow, activity), history,
@@ -373,6 +458,7 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
         restore(model, optimizer, checkpoint, args)
     data = load_data(args, device)
     history = checkpoint["history"] if checkpoint else []
+    span = checkpoint["lr_schedule"] if checkpoint else {"start": 0, "end": args.epochs}
     if checkpoint:
         set_rng_state(checkpoint["rng"], device)
         write_metrics(out / "metrics.jsonl", history, checkpoint["epoch"])
@@ -385,7 +471,7 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
     threads = ThreadTuner.for_run(args.threads, device, announce=tqdm.write)
     print(f"{describe(args, data, device, len(history))}; {threads.describe()}")
     try:
-        train_epochs(args, model, optimizer, data, device, threads, viewer, history)
+        train_epochs(args, model, optimizer, data, device, threads, viewer, history, span)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {interrupted_note(out, history)}")
         return 130

@@ -38,6 +38,9 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 class VAE(nn.Module):
     """MLP VAE: encoder input→hidden→(μ, log σ²), decoder latent→reversed hidden→pixel logits.
 
+    The decoder's activation is the encoder's unless `decoder_activation` names another; neither
+    has parameters, so the state dicts are the same either way.
+
     The encoder's last layer is linear, so μ and log σ² take any real value. The decoder returns
     logits; `torch.sigmoid(logits)` is the image, and the losses work from the logits directly.
     """
@@ -48,12 +51,14 @@ class VAE(nn.Module):
         hidden: tuple[int, ...] = (256, 64),
         latent_dim: int = 10,
         activation: str = "relu",
+        decoder_activation: str | None = None,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.latent_dim = latent_dim
         self.encoder = mlp([input_dim, *hidden, 2 * latent_dim], activation)
-        self.decoder = mlp([latent_dim, *reversed(hidden), input_dim], activation)
+        decoder_sizes = [latent_dim, *reversed(hidden), input_dim]
+        self.decoder = mlp(decoder_sizes, decoder_activation or activation)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,1,28,28] or [B,784] images → (μ, log σ²), each [B, latent_dim]."""
@@ -139,6 +144,55 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torc
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(dim=-1)
 
 
+def log_importance_weights(
+    model: VAE,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor,
+    likelihood: str,
+    stl: bool = False,
+) -> torch.Tensor:
+    """log p(x, z) − log q(z|x) at z = μ + σ·ε: shape [n, B] for x [B, 784] and ε [n, B, latent].
+
+    With `stl` (sticking the landing, Roeder et al. 2017) log q is computed with μ and log σ²
+    detached: the same value, but its gradient no longer has the score term ∂ log q/∂(μ, log σ²).
+    """
+    z = reparameterize(mu, logvar, eps)
+    q_mu, q_logvar = (mu.detach(), logvar.detach()) if stl else (mu, logvar)
+    return (
+        log_likelihood_given_z(model.decode(z).float(), x, likelihood)
+        + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+        - _log_normal(z, q_mu, q_logvar)
+    )
+
+
+def negative_iw_bound(
+    model: VAE,
+    x: torch.Tensor,
+    k: int,
+    likelihood: str = "bernoulli",
+    stl: bool = False,
+    eps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """−(the importance-weighted bound with k samples), a per-image mean over the batch.
+
+    The IWAE training loss (Burda et al. 2015); with k = 1 it is the negative ELBO with the KL
+    estimated from the one sample instead of in closed form. For the gaussian likelihood it is in
+    the test loss's units (squared error: −log p(x|z) less 784·GAUSSIAN_LOG_NORMALIZER).
+    ε [k, B, latent] is drawn here unless given.
+    """
+    x = x.reshape(x.shape[0], -1)
+    mu, logvar = (t.float() for t in model.encode(x))
+    if eps is None:
+        eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype)
+    bound = torch.logsumexp(log_importance_weights(model, x, mu, logvar, eps, likelihood, stl), 0)
+    bound = bound - math.log(k)
+    if likelihood == "gaussian":
+        bound = bound + x.shape[-1] * GAUSSIAN_LOG_NORMALIZER
+    return -bound.mean()
+
+
 def importance_weighted_log_likelihood(
     model: VAE,
     x: torch.Tensor,
@@ -158,11 +212,6 @@ def importance_weighted_log_likelihood(
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
         eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype, generator=generator)
-        z = reparameterize(mu, logvar, eps)  # [n, B, latent]
-        log_w = (
-            log_likelihood_given_z(model.decode(z), x, likelihood)
-            + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-            - _log_normal(z, mu, logvar)
-        )
+        log_w = log_importance_weights(model, x, mu, logvar, eps, likelihood)  # [n, B]
         total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
     return total - math.log(k)

@@ -118,7 +118,8 @@ class Viewer:
     def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict],
              latent: LatentMap | None = None) -> None:
         """Write each grid (name → (uint8 image, title)) as PNG, and the latent map as
-        latent_map.png; then send them, the loss plot and the active units per epoch."""
+        latent_map.png; then send them, the loss plot (train and test loss, and the watched
+        −log p(x) where history has it) and the active units per epoch."""
         save_pngs(self.out, grids)
         if latent is not None:
             save_pngs(self.out, {"latent_map": (map_image(latent), latent.title)})
@@ -138,6 +139,14 @@ class Viewer:
             opts=dict(title="loss per image", legend=["train", "test"],
                       xlabel="epoch", ylabel="loss per image"),
         )
+        watched = [row for row in history if "watch_nll" in row]
+        if watched:  # a trace of its own: it has points only on the epochs it was estimated
+            self._send(
+                "line",
+                np.array([row["watch_nll"] for row in watched]),
+                np.array([row["epoch"] for row in watched]),
+                win="loss", update="append", name=watch_name(watched[-1]),
+            )
         if latent is not None:
             self._send_map(latent)
         counted = [row for row in history if "active_units" in row]  # older runs lack it
@@ -176,6 +185,11 @@ def traversal(decode, start: torch.Tensor, activity: Activity, epoch: int,
     title = (f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, "
              f"epoch {epoch}")
     return grid(decode(codes.reshape(-1, activity.dims)), steps), title
+
+
+def watch_name(row: dict) -> str:
+    """The loss pane's name for the watched −log p(x) line."""
+    return f"test −log p(x), k={row['watch_k']}, {row['watch_images']} images"
 
 
 @torch.inference_mode()
