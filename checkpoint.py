@@ -21,7 +21,7 @@ class CheckpointError(Exception):
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by main.py, or a CheckpointError that says what is wrong with the file."""
+    """A checkpoint written by main.py, or a CheckpointError that says what is wrong with it."""
     if not Path(path).is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist: give the path of a run's checkpoint.pt"
@@ -96,10 +96,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def write_metrics(path: Path, history: list[dict], keep_evaluations_to: int) -> None:
-    """Rewrite metrics.jsonl atomically from the checkpoint's history (dropping torn or later lines),
+    """Rewrite metrics.jsonl atomically from the checkpoint's history (dropping torn, later lines),
     keeping the evaluation lines of epochs the checkpoint has reached."""
     evaluations = [
-        row for row in read_metrics(path)
+        row
+        for row in read_metrics(path)
         if "evaluation" in row and row.get("epoch", math.inf) <= keep_evaluations_to
     ]
     tmp = path.with_name(path.name + ".tmp")

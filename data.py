@@ -16,7 +16,9 @@ DATASETS = {
     "kmnist": datasets.KMNIST,
 }
 IMAGE_SIZE = 28
-TEST_BINARIZATION_SEED = 0  # the test set is binarized once, the same for every run, so results compare
+TEST_BINARIZATION_SEED = (
+    0  # the test set is binarized once, the same for every run, so results compare
+)
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: unsigned bytes, 3 and 1 dimensions
 
 
@@ -65,8 +67,9 @@ def _extract_gz(folder: Path, names: list[str]) -> None:
             try:
                 extract_archive(str(packed), str(folder))
             except (OSError, EOFError) as error:
-                raise DataError(f"{packed} cannot be unpacked ({error}): replace it with a good "
-                                "copy") from None
+                raise DataError(
+                    f"{packed} cannot be unpacked ({error}): replace it with a good copy"
+                ) from None
 
 
 def _read_header(path: Path, magic: int, n_dims: int) -> list[int]:
@@ -74,7 +77,9 @@ def _read_header(path: Path, magic: int, n_dims: int) -> list[int]:
     with open(path, "rb") as f:
         header = f.read(4 * (1 + n_dims))
     if len(header) < 4 * (1 + n_dims):
-        raise DataError(f"{path} is truncated (no complete IDX header): replace it with a good copy")
+        raise DataError(
+            f"{path} is truncated (no complete IDX header): replace it with a good copy"
+        )
     found = int.from_bytes(header[:4], "big")
     if found != magic:
         raise DataError(
@@ -93,7 +98,7 @@ def _read_header(path: Path, magic: int, n_dims: int) -> list[int]:
 
 
 def check_split(dataset: str, root: str | Path, train: bool) -> None:
-    """Check one split's image and label files before torchvision reads them (its own checks are asserts)."""
+    """Check one split's image and label files before torchvision reads them (it only asserts)."""
     folder = raw_folder(dataset, root)
     prefix = "train" if train else "t10k"
     images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
@@ -114,7 +119,7 @@ def check_split(dataset: str, root: str | Path, train: bool) -> None:
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    """`array` as an IDX file of unsigned bytes: magic (0, 0, 8, ndim), big-endian dimensions, data."""
+    """`array` as an IDX file of unsigned bytes: magic (0, 0, 8, ndim), big-endian sizes, data."""
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 
@@ -150,8 +155,9 @@ def class_names(dataset: str) -> list[str]:
 def to_test_pixels(images: torch.Tensor, device: torch.device, binarize: str) -> torch.Tensor:
     """The test split's pixels as every run sees them: binarized once, with the fixed
     TEST_BINARIZATION_SEED, whenever the run binarizes (dynamically or statically)."""
-    return to_pixels(images, device, "none" if binarize == "none" else "static",
-                     seed=TEST_BINARIZATION_SEED)
+    return to_pixels(
+        images, device, "none" if binarize == "none" else "static", seed=TEST_BINARIZATION_SEED
+    )
 
 
 def to_pixels(

@@ -17,8 +17,8 @@ import torch
 from torchvision.io import encode_png
 
 from checkpoint import CheckpointError, load_checkpoint
-from flags import port
 from data import DataError, load_images, to_test_pixels
+from flags import port
 from latent import MAP_IMAGES, active_units, latent_means
 from main import build_model, restore
 from vae import VAE
@@ -30,15 +30,20 @@ CHECK_SECONDS = 1.0  # how often, while no value changes, the server is asked if
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="explore.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="explore.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoint", help="a run's checkpoint.pt, written by main.py")
     p.add_argument("--data-dir", help="folder holding <Dataset>/raw/ (default: the run's)")
     p.add_argument("--visdom-server", default="http://localhost", help="(default: %(default)s)")
     p.add_argument("--visdom-port", type=port, default=8097, help="(default: %(default)s)")
     p.add_argument("--visdom-env", default="explore", help="(default: %(default)s)")
-    p.add_argument("--visdom-timeout", type=float, default=5.0,
-                   help="seconds before a Visdom request gives up (default: %(default)s)")
+    p.add_argument(
+        "--visdom-timeout",
+        type=float,
+        default=5.0,
+        help="seconds before a Visdom request gives up (default: %(default)s)",
+    )
     return p
 
 
@@ -68,23 +73,42 @@ class Explorer:
 
     def draw(self) -> None:
         """Send the values pane and the decoded image of the current code."""
-        rows = [{"type": "text", "value": f"{float(self.code[u]):.2f}",
-                 "name": f"z{u + 1} ({self.low[u]:.1f}..{self.high[u]:.1f})"}
-                for u in self.dims]
-        rows.append({"type": "button", "name": "back to the centre of the test images",
-                     "value": "reset"})
+        rows = [
+            {
+                "type": "text",
+                "value": f"{float(self.code[u]):.2f}",
+                "name": f"z{u + 1} ({self.low[u]:.1f}..{self.high[u]:.1f})",
+            }
+            for u in self.dims
+        ]
+        rows.append(
+            {"type": "button", "name": "back to the centre of the test images", "value": "reset"}
+        )
         shown = "" if len(self.dims) == self.count else f", the {len(self.dims)} most active"
-        self.client.properties(rows, win=VALUES_WINDOW, opts={
-            "title": f"{self.count} of {self.latent_dim} dims active{shown} (range on the test "
-                     "images): type a value, Enter", "width": 420, "height": 70 + 26 * len(rows)})
+        self.client.properties(
+            rows,
+            win=VALUES_WINDOW,
+            opts={
+                "title": f"{self.count} of {self.latent_dim} dims active{shown} (range on the test "
+                "images): type a value, Enter",
+                "width": 420,
+                "height": 70 + 26 * len(rows),
+            },
+        )
         with torch.inference_mode():
             image = torch.sigmoid(self.model.decode(self.code[None])).reshape(1, 28, 28)
         png = base64.b64encode(encode_png(image.mul(255).round().to(torch.uint8)).numpy().tobytes())
         # A text pane holding the PNG: Visdom's image panes swallow every key typed on the page.
-        self.client.text(f'<img src="data:image/png;base64,{png.decode()}" width="224" '
-                         'height="224" style="image-rendering: pixelated">', win=IMAGE_WINDOW,
-                         opts={"title": "decoded image (Ctrl-C in the terminal stops)",
-                               "width": 260, "height": 290})
+        self.client.text(
+            f'<img src="data:image/png;base64,{png.decode()}" width="224" '
+            'height="224" style="image-rendering: pixelated">',
+            win=IMAGE_WINDOW,
+            opts={
+                "title": "decoded image (Ctrl-C in the terminal stops)",
+                "width": 260,
+                "height": 290,
+            },
+        )
 
 
 def load_model(checkpoint: dict) -> VAE:
@@ -110,8 +134,11 @@ def serve(explorer: Explorer, client, events: "queue.Queue[dict]", server: str) 
             explorer.set_value(int(event["propertyId"]), str(event["value"]))
             explorer.draw()
     except (OSError, ValueError):  # refused, timed out, or not a Visdom answer
-        print(f"the Visdom server at {server} went away: explorer stopped; "
-              f"start it again with `{START_SERVER}` and rerun explore.py", file=sys.stderr)
+        print(
+            f"the Visdom server at {server} went away: explorer stopped; "
+            f"start it again with `{START_SERVER}` and rerun explore.py",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -137,35 +164,59 @@ def explore(args: argparse.Namespace) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    means = latent_means(model, to_test_pixels(images[:MAP_IMAGES], torch.device("cpu"),
-                                            saved["binarize"]))
+    means = latent_means(
+        model, to_test_pixels(images[:MAP_IMAGES], torch.device("cpu"), saved["binarize"])
+    )
     server = f"{args.visdom_server}:{args.visdom_port}"
     try:
-        probe = visdom_client(args.visdom_server, args.visdom_port, args.visdom_env,
-                              args.visdom_timeout, use_incoming_socket=False)
+        probe = visdom_client(
+            args.visdom_server,
+            args.visdom_port,
+            args.visdom_env,
+            args.visdom_timeout,
+            use_incoming_socket=False,
+        )
         probe.get_env_list()
-        client = visdom_client(args.visdom_server, args.visdom_port, args.visdom_env,
-                               args.visdom_timeout, use_incoming_socket=True)
+        client = visdom_client(
+            args.visdom_server,
+            args.visdom_port,
+            args.visdom_env,
+            args.visdom_timeout,
+            use_incoming_socket=True,
+        )
     except (OSError, ValueError):
-        print(f"error: no Visdom server answers at {server}: start one with `{START_SERVER}` "
-              "and run explore.py again", file=sys.stderr)
+        print(
+            f"error: no Visdom server answers at {server}: start one with `{START_SERVER}` "
+            "and run explore.py again",
+            file=sys.stderr,
+        )
         return 1
     if not client.socket_alive:
-        print(f"error: the Visdom server at {server} answers but its event socket does not: "
-              "restart it and run explore.py again", file=sys.stderr)
+        print(
+            f"error: the Visdom server at {server} answers but its event socket does not: "
+            "restart it and run explore.py again",
+            file=sys.stderr,
+        )
         return 1
     explorer = Explorer(model, means, client)
     if not explorer.dims:
-        print(f"no latent dimension of this model is active (0 of {explorer.latent_dim}): every "
-              "code decodes to about the same image, there is nothing to explore", file=sys.stderr)
+        print(
+            f"no latent dimension of this model is active (0 of {explorer.latent_dim}): every "
+            "code decodes to about the same image, there is nothing to explore",
+            file=sys.stderr,
+        )
         return 1
     events: queue.Queue[dict] = queue.Queue()
     client.register_event_handler(
         lambda event: events.put(event) if event.get("event_type") == "PropertyUpdate" else None,
-        VALUES_WINDOW)
-    print(f"explorer: {server}/env/{args.visdom_env} shows {explorer.count} of "
-          f"{explorer.latent_dim} active latent dimensions; set a value and press Enter. "
-          "Ctrl-C stops it.", flush=True)
+        VALUES_WINDOW,
+    )
+    print(
+        f"explorer: {server}/env/{args.visdom_env} shows {explorer.count} of "
+        f"{explorer.latent_dim} active latent dimensions; set a value and press Enter. "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
     return serve(explorer, client, events, server)
 
 

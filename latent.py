@@ -81,17 +81,21 @@ class LatentMap:
     axis_labels: tuple[str, str]
 
 
-def latent_map(mu: torch.Tensor, labels: torch.Tensor, names: list[str], activity: Activity,
-               epoch: int) -> LatentMap:
+def latent_map(
+    mu: torch.Tensor, labels: torch.Tensor, names: list[str], activity: Activity, epoch: int
+) -> LatentMap:
     """The latent map of the means mu [N, d] of N labelled images, titled with its projection."""
     points, projection, axis_labels = project_2d(mu)
-    title = (f"latent map of {len(points)} test images: {projection}; "
-             f"{activity.count} of {activity.dims} dims active, epoch {epoch}")
+    title = (
+        f"latent map of {len(points)} test images: {projection}; "
+        f"{activity.count} of {activity.dims} dims active, epoch {epoch}"
+    )
     return LatentMap(points.cpu(), labels.cpu(), names, title, axis_labels)
 
 
-def map_image(latent: LatentMap, size_inches: tuple[float, float] = (7.0, 5.6),
-              dpi: int = 100) -> torch.Tensor:
+def map_image(
+    latent: LatentMap, size_inches: tuple[float, float] = (7.0, 5.6), dpi: int = 100
+) -> torch.Tensor:
     """The map as a scatter coloured by class with a legend, drawn by matplotlib: uint8 [3,H,W]."""
     figure = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
     canvas = FigureCanvasAgg(figure)
@@ -100,13 +104,15 @@ def map_image(latent: LatentMap, size_inches: tuple[float, float] = (7.0, 5.6),
         chosen = latent.labels == index
         if chosen.any():
             xy = latent.points[chosen].numpy()
-            axes.scatter(xy[:, 0], xy[:, 1], s=6, color=f"C{index % 10}", label=name, alpha=0.7,
-                         linewidths=0)
+            axes.scatter(
+                xy[:, 0], xy[:, 1], s=6, color=f"C{index % 10}", label=name, alpha=0.7, linewidths=0
+            )
     axes.set_xlabel(latent.axis_labels[0])
     axes.set_ylabel(latent.axis_labels[1])
     axes.set_title(latent.title, fontsize=8, wrap=True)
-    axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2.5, fontsize=8,
-                frameon=False)
+    axes.legend(
+        loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2.5, fontsize=8, frameon=False
+    )
     canvas.draw()
     rgb = np.asarray(canvas.buffer_rgba())[..., :3]
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()

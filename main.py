@@ -21,6 +21,7 @@ import math  # noqa: E402
 import time  # noqa: E402
 from argparse import Namespace  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -60,8 +61,13 @@ from vae import (  # noqa: E402
 from viewer import Viewer, figures, save_pngs  # noqa: E402
 
 # Keys of metrics.jsonl that depend on the machine and its load, not on the seed.
-TIMING_KEYS = ("epoch_seconds", "eval_seconds", "elapsed_seconds", "train_images_per_second",
-               "threads")
+TIMING_KEYS = (
+    "epoch_seconds",
+    "eval_seconds",
+    "elapsed_seconds",
+    "train_images_per_second",
+    "threads",
+)
 
 
 class NonFiniteLoss(Exception):
@@ -85,15 +91,19 @@ def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None
     given, saved = flags.given(argv), checkpoint["args"]
     for flag in flags.MODEL_FLAGS:  # saved.get: older checkpoints lack newer model flags
         if flag in given and getattr(args, flag) != saved.get(flag):
-            flags.fail(f"the checkpoint has {flag} {saved.get(flag)}, the flags say "
-                       f"{getattr(args, flag)}: drop --{flag.replace('_', '-')} to continue it, "
-                       "or start a new run")
+            flags.fail(
+                f"the checkpoint has {flag} {saved.get(flag)}, the flags say "
+                f"{getattr(args, flag)}: drop --{flag.replace('_', '-')} to continue it, "
+                "or start a new run"
+            )
     for key, value in saved.items():
         if key not in given and key not in flags.MODE_FLAGS:
             setattr(args, key, value)
     if args.resume and args.epochs <= checkpoint["epoch"]:
-        flags.fail(f"the checkpoint has finished {checkpoint['epoch']} epochs already: "
-                   f"pass --epochs N with N > {checkpoint['epoch']} to train further")
+        flags.fail(
+            f"the checkpoint has finished {checkpoint['epoch']} epochs already: "
+            f"pass --epochs N with N > {checkpoint['epoch']} to train further"
+        )
     if args.resume and (given & set(flags.SCHEDULE_FLAGS) or "lr_schedule" not in checkpoint):
         # a new lr schedule from here to --epochs (checkpoints without one had a constant lr)
         checkpoint["lr_schedule"] = {"start": checkpoint["epoch"], "end": args.epochs}
@@ -102,11 +112,15 @@ def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None
 def prepare_out(args: Namespace, source: str | None) -> bool:
     """Pick and test-write the run folder; True if this run created it."""
     if args.out is None:
-        args.out = str(Path(source).parent) if source else f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        args.out = (
+            str(Path(source).parent) if source else f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        )
     out = Path(args.out)
     if not source and (out / "checkpoint.pt").exists():
-        flags.fail(f"{out} already holds a run: continue it with --resume {out / 'checkpoint.pt'}, "
-                   "or choose another --out")
+        flags.fail(
+            f"{out} already holds a run: continue it with --resume {out / 'checkpoint.pt'}, "
+            "or choose another --out"
+        )
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -130,16 +144,27 @@ def settings(argv: list[str]) -> tuple[Namespace, dict | None, bool]:
             flags.fail(str(error))
         merge_checkpoint(args, argv, checkpoint)
     flags.check(args)
-    for kind, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)):
+    for kind, available in (
+        ("cuda", torch.cuda.is_available),
+        ("mps", torch.backends.mps.is_available),
+    ):
         if args.device == kind and not available():
-            flags.fail(f"--device {kind}: torch finds no {kind.upper()} device here; "
-                       "use --device auto or cpu")
+            flags.fail(
+                f"--device {kind}: torch finds no {kind.upper()} device here; "
+                "use --device auto or cpu"
+            )
     return args, checkpoint, prepare_out(args, source)
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     return torch.device(name)
 
 
@@ -180,20 +205,24 @@ def scheduled_lr(args: Namespace, span: dict, progress: float) -> float:
     return args.lr
 
 
-def restore(model: VAE, optimizer: torch.optim.Adam | None, checkpoint: dict, args: Namespace) -> None:
-    """Load the checkpoint's weights (and optimizer state), or a CheckpointError that says why not."""
+def restore(
+    model: VAE, optimizer: torch.optim.Adam | None, checkpoint: dict, args: Namespace
+) -> None:
+    """Load the checkpoint's weights (and optimizer state), or a CheckpointError saying why not."""
     try:
         model.load_state_dict(checkpoint["model"])
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
             set_lr(optimizer, args.lr)
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"the checkpoint does not fit this model ({str(error).splitlines()[0]}): "
-                              "start a new run or give the flags it was made with") from None
+        raise CheckpointError(
+            f"the checkpoint does not fit this model ({str(error).splitlines()[0]}): "
+            "start a new run or give the flags it was made with"
+        ) from None
 
 
 class Data(NamedTuple):
-    """The splits as float pixels [N,784] on the device, and the labels of the latent map's images."""
+    """The splits as float pixels [N,784] on the device, and the latent map's labels."""
 
     train: torch.Tensor | None
     test: torch.Tensor
@@ -205,7 +234,9 @@ def load_data(args: Namespace, device: torch.device, train: bool = True) -> Data
     images = load_images(args.dataset, args.data_dir, train=True) if train else None
     return Data(
         to_pixels(images, device, args.binarize, seed=args.seed) if train else None,
-        to_test_pixels(load_images(args.dataset, args.data_dir, train=False), device, args.binarize),
+        to_test_pixels(
+            load_images(args.dataset, args.data_dir, train=False), device, args.binarize
+        ),
         load_labels(args.dataset, args.data_dir, train=False)[:MAP_IMAGES],
     )
 
@@ -226,7 +257,9 @@ def batch_loss(model: VAE, x: torch.Tensor, args: Namespace) -> torch.Tensor:
             k = args.train_k if args.objective == "iwae" else 1
             return negative_iw_bound(model, x, k, args.likelihood, args.stl)
         logits, mu, logvar = model(x)
-    return negative_elbo(logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood)[0]
+    return negative_elbo(logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood)[
+        0
+    ]
 
 
 def loss_function(args: Namespace):
@@ -234,8 +267,17 @@ def loss_function(args: Namespace):
     return torch.compile(batch_loss) if args.compile else batch_loss
 
 
-def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: torch.device,
-                threads: ThreadTuner, lr_at: Callable[[float], float] | None = None) -> float:
+def train_epoch(
+    model,
+    loss_fn,
+    optimizer,
+    pixels,
+    args,
+    epoch: int,
+    device: torch.device,
+    threads: ThreadTuner,
+    lr_at: Callable[[float], float] | None = None,
+) -> float:
     """One pass over the shuffled training set; returns the mean loss per image. `lr_at` (if any)
     gives each step's lr from the epochs done by its end; --clip-grad clips each gradient.
 
@@ -272,8 +314,9 @@ def train_epoch(model, loss_fn, optimizer, pixels, args, epoch: int, device: tor
                 recent = losses[checked : step + 1]
                 if not torch.isfinite(recent).all():
                     first = checked + int((~torch.isfinite(recent)).nonzero()[0])
-                    raise NonFiniteLoss(f"the loss became non-finite at epoch {epoch}, "
-                                        f"step {first + 1} of {steps}")
+                    raise NonFiniteLoss(
+                        f"the loss became non-finite at epoch {epoch}, step {first + 1} of {steps}"
+                    )
                 bar.set_postfix(loss=f"{recent.mean().item():.2f}", refresh=False)
                 bar.update(step + 1 - checked)
                 checked = step + 1
@@ -307,11 +350,18 @@ def watch_estimate(model, test, args, epoch: int) -> dict:
     generator = torch.Generator(device=test.device).manual_seed(args.seed)
     images, total = test[: args.watch_images], 0.0
     for x in images.split(100):
-        total += importance_weighted_log_likelihood(
-            model, x, args.watch_k, args.likelihood, chunk=500, generator=generator
-        ).sum().item()
-    return {"watch_nll": -total / images.shape[0], "watch_k": args.watch_k,
-            "watch_images": images.shape[0]}
+        total += (
+            importance_weighted_log_likelihood(
+                model, x, args.watch_k, args.likelihood, chunk=500, generator=generator
+            )
+            .sum()
+            .item()
+        )
+    return {
+        "watch_nll": -total / images.shape[0],
+        "watch_k": args.watch_k,
+        "watch_images": images.shape[0],
+    }
 
 
 def density_note(args: Namespace) -> str:
@@ -319,9 +369,11 @@ def density_note(args: Namespace) -> str:
     if args.likelihood == "bernoulli":
         return "bernoulli pixels: a probability; −log p(x) ≤ the test loss (the −ELBO)"
     constant = 784 * GAUSSIAN_LOG_NORMALIZER  # 392·log π
-    return (f"gaussian pixels: the density N(decoder mean, variance 0.5) over [0,1]^784, whose "
-            f"−ELBO is the test loss (squared error + KL) + {constant:.2f} (392·log π), so "
-            "−log p(x) ≤ test loss + that constant; compare it only with other gaussian figures")
+    return (
+        f"gaussian pixels: the density N(decoder mean, variance 0.5) over [0,1]^784, whose "
+        f"−ELBO is the test loss (squared error + KL) + {constant:.2f} (392·log π), so "
+        "−log p(x) ≤ test loss + that constant; compare it only with other gaussian figures"
+    )
 
 
 @torch.inference_mode()
@@ -331,16 +383,28 @@ def log_likelihood(model, pixels, args, k: int, epoch: int) -> dict:
     generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
     batch, total, start = 100, 0.0, time.perf_counter()
     for x in tqdm(pixels.split(batch), desc=f"log-likelihood, k={k}", unit="batch", mininterval=5):
-        total += importance_weighted_log_likelihood(
-            model, x, k, args.likelihood, chunk=max(1, 50_000 // batch), generator=generator
-        ).sum().item()
+        total += (
+            importance_weighted_log_likelihood(
+                model, x, k, args.likelihood, chunk=max(1, 50_000 // batch), generator=generator
+            )
+            .sum()
+            .item()
+        )
     mean = total / pixels.shape[0]
-    print(f"test log-likelihood (importance-weighted, k={k}, epoch {epoch}): {mean:.2f} nats per "
-          f"image; negative: {-mean:.2f}. Of {density_note(args)}")
-    return {"evaluation": "importance-weighted", "epoch": epoch, "k": k, "test_log_likelihood": mean,
-            "test_nll": -mean, "likelihood": args.likelihood,
-            "decoder_variance": 0.5 if args.likelihood == "gaussian" else None,
-            "eval_seconds": time.perf_counter() - start}
+    print(
+        f"test log-likelihood (importance-weighted, k={k}, epoch {epoch}): {mean:.2f} nats per "
+        f"image; negative: {-mean:.2f}. Of {density_note(args)}"
+    )
+    return {
+        "evaluation": "importance-weighted",
+        "epoch": epoch,
+        "k": k,
+        "test_log_likelihood": mean,
+        "test_nll": -mean,
+        "likelihood": args.likelihood,
+        "decoder_variance": 0.5 if args.likelihood == "gaussian" else None,
+        "eval_seconds": time.perf_counter() - start,
+    }
 
 
 # ---- The three modes ----
@@ -372,8 +436,10 @@ def run_evaluation(args: Namespace, checkpoint: dict, device: torch.device) -> i
     restore(model, None, checkpoint, args)
     test = load_data(args, device, train=False).test
     elbo = evaluate(model, test, args)
-    print(f"test loss {elbo['test_loss']:.2f} per image (reconstruction {elbo['test_recon']:.2f} "
-          f"+ KL {elbo['test_kl']:.2f})")
+    print(
+        f"test loss {elbo['test_loss']:.2f} per image (reconstruction {elbo['test_recon']:.2f} "
+        f"+ KL {elbo['test_kl']:.2f})"
+    )
     row = log_likelihood(model, test, args, args.eval_k or 5000, checkpoint["epoch"])
     append_metrics(Path(args.out) / "metrics.jsonl", {**row, **elbo})
     return 0
@@ -385,18 +451,20 @@ def describe(args: Namespace, data: Data, device, epoch: int) -> str:
     activation = args.activation
     if args.decoder_activation not in (None, args.activation):
         activation += f"/{args.decoder_activation} (encoder/decoder)"
-    return (f"run {args.out}: {args.dataset} ({len(data.train)} train, {len(data.test)} test "
-            f"images) on {device}, VAE {sizes} {activation}, {args.likelihood} likelihood, "
-            f"binarize {args.binarize}, beta {args.beta}, epochs {epoch + 1}..{args.epochs}, "
-            f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}{training_options(args)}")
+    return (
+        f"run {args.out}: {args.dataset} ({len(data.train)} train, {len(data.test)} test "
+        f"images) on {device}, VAE {sizes} {activation}, {args.likelihood} likelihood, "
+        f"binarize {args.binarize}, beta {args.beta}, epochs {epoch + 1}..{args.epochs}, "
+        f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}{training_options(args)}"
+    )
 
 
 def training_options(args: Namespace) -> str:
     """The training flags that differ from their defaults, for the run's first line."""
     decays = args.lr_schedule in ("cosine", "exponential")
     options = {
-        f"{args.lr_schedule} lr" + (f" to ×{args.lr_floor}" if decays else ""):
-            args.lr_schedule != "constant",
+        f"{args.lr_schedule} lr" + (f" to ×{args.lr_floor}" if decays else ""): args.lr_schedule
+        != "constant",
         f"warm-up {args.warmup_epochs} epochs": args.warmup_epochs,
         f"Adam eps {args.adam_eps}": args.adam_eps != 1e-8,
         f"gradient norm clipped at {args.clip_grad}": args.clip_grad,
@@ -407,93 +475,152 @@ def training_options(args: Namespace) -> str:
     return "".join(f", {option}" for option, shown in options.items() if shown)
 
 
-def train_epochs(args, model, optimizer, data: Data, device, threads: ThreadTuner, viewer,
-                 history: list[dict], span: dict) -> None:
-    """Train until args.epochs, the lr scheduled over `span`; after each epoch evaluate, save,
-    log and show."""
-    out, loss_fn = Path(args.out), loss_function(args)
+@dataclass
+class Run:
+    """A training run: its settings, model, optimizer, data, and where it reports."""
+
+    args: Namespace
+    model: VAE
+    optimizer: torch.optim.Adam
+    data: Data
+    device: torch.device
+    threads: ThreadTuner
+    viewer: Viewer
+    history: list[dict]  # a row per finished epoch, as in metrics.jsonl
+    span: dict  # the epochs the lr schedule runs over (scheduled_lr)
+
+
+def train_epochs(run: Run) -> None:
+    """Train until --epochs; after each epoch evaluate, save, log and show."""
+    args, model = run.args, run.model
+    loss_fn = loss_function(args)
     scheduled = args.lr_schedule != "constant" or args.warmup_epochs
-    lr_at = functools.partial(scheduled_lr, args, span) if scheduled else None
-    images, z, nrow = fixed_inputs(args, data.test, device)
-    start = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
-    for epoch in range(len(history) + 1, args.epochs + 1):
+    lr_at = functools.partial(scheduled_lr, args, run.span) if scheduled else None
+    start = time.perf_counter() - (run.history[-1]["elapsed_seconds"] if run.history else 0.0)
+    for epoch in range(len(run.history) + 1, args.epochs + 1):
+        # an epoch of training, timed
         tick = time.perf_counter()
-        train_loss = train_epoch(model, loss_fn, optimizer, data.train, args, epoch, device,
-                                 threads, lr_at)
+        train_loss = train_epoch(
+            model, loss_fn, run.optimizer, run.data.train, args, epoch, run.device, run.threads,
+            lr_at,
+        )  # fmt: skip
         seconds = time.perf_counter() - tick
-        means = latent_means(model, data.test[:MAP_IMAGES])  # the map's points
+        # the test set: loss, active latent dimensions, and (now and then) −log p(x)
+        means = latent_means(model, run.data.test[:MAP_IMAGES])  # the map's points
         activity = active_units(means)
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
-               **evaluate(model, data.test, args), "active_units": activity.count,
-               **watch_estimate(model, data.test, args, epoch)}
-        row.update(epoch_seconds=seconds, eval_seconds=time.perf_counter() - tick - seconds,
-                   elapsed_seconds=time.perf_counter() - start,
-                   train_images_per_second=len(data.train) / seconds,
-                   threads=threads.epoch_threads())
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise NonFiniteLoss(f"the weights became non-finite in epoch {epoch}")
-        with ctrl_c_held():  # the epoch's checkpoint and metrics line: both written, or neither
-            history.append(row)
-            save_checkpoint(out / "checkpoint.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "args": vars(args), "rng": rng_state(device), "history": history,
-                "lr_schedule": span,
-            })
-            append_metrics(out / "metrics.jsonl", row)
-        watched = f", −log p(x) {row['watch_nll']:.2f}" if "watch_nll" in row else ""
-        print(f"epoch {epoch}/{args.epochs}: train {train_loss:.2f}, test {row['test_loss']:.2f} "
-              f"(reconstruction {row['test_recon']:.2f} + KL {row['test_kl']:.2f}) per image"
-              f"{watched}, {activity.count} of {args.latent_dim} latent dims active, "
-              f"{seconds:.1f}s, {row['train_images_per_second']:,.0f} images/s")
-        names = class_names(args.dataset)
-        viewer.show(figures(model.eval(), images, z, epoch, nrow, activity), history,
-                    latent_map(means, data.map_labels, names, activity, epoch))
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"]}
+        row.update(evaluate(model, run.data.test, args), active_units=activity.count)
+        row.update(watch_estimate(model, run.data.test, args, epoch))
+        row.update(
+            epoch_seconds=seconds,
+            eval_seconds=time.perf_counter() - tick - seconds,
+            elapsed_seconds=time.perf_counter() - start,
+            train_images_per_second=len(run.data.train) / seconds,
+            threads=run.threads.epoch_threads(),
+        )
+        # save, report, show
+        save_epoch(run, row)
+        print(epoch_line(args, row))
+        images, z, nrow = fixed_inputs(args, run.data.test, run.device)
+        run.viewer.show(
+            figures(model.eval(), images, z, epoch, nrow, activity),
+            run.history,
+            latent_map(means, run.data.map_labels, class_names(args.dataset), activity, epoch),
+        )
 
 
-def run_training(args: Namespace, checkpoint: dict | None, device: torch.device) -> int:
-    """Train a new run or resume one; Ctrl-C keeps the last finished epoch."""
+def save_epoch(run: Run, row: dict) -> None:
+    """Add the epoch to the history and write the checkpoint and its metrics line: both, or
+    neither (a Ctrl-C waits for them)."""
+    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise NonFiniteLoss(f"the weights became non-finite in epoch {row['epoch']}")
+    out = Path(run.args.out)
+    with ctrl_c_held():
+        run.history.append(row)
+        state = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "epoch": row["epoch"],
+            "args": vars(run.args),
+            "rng": rng_state(run.device),
+            "history": run.history,
+            "lr_schedule": run.span,
+        }
+        save_checkpoint(out / "checkpoint.pt", state)
+        append_metrics(out / "metrics.jsonl", row)
+
+
+def epoch_line(args: Namespace, row: dict) -> str:
+    """The line printed after an epoch."""
+    watched = f", −log p(x) {row['watch_nll']:.2f}" if "watch_nll" in row else ""
+    return (
+        f"epoch {row['epoch']}/{args.epochs}: train {row['train_loss']:.2f}, "
+        f"test {row['test_loss']:.2f} (reconstruction {row['test_recon']:.2f} + "
+        f"KL {row['test_kl']:.2f}) per image{watched}, "
+        f"{row['active_units']} of {args.latent_dim} latent dims active, "
+        f"{row['epoch_seconds']:.1f}s, {row['train_images_per_second']:,.0f} images/s"
+    )
+
+
+def start_run(args: Namespace, checkpoint: dict | None, device: torch.device) -> Run:
+    """A new run, or the checkpoint's resumed: model, optimizer, data, RNG, metrics, viewer."""
     model, out = build_model(args, device), Path(args.out)
     optimizer = build_optimizer(model, args)
     if checkpoint:
         restore(model, optimizer, checkpoint, args)
     data = load_data(args, device)
-    history = checkpoint["history"] if checkpoint else []
-    span = checkpoint["lr_schedule"] if checkpoint else {"start": 0, "end": args.epochs}
     if checkpoint:
         set_rng_state(checkpoint["rng"], device)
-        write_metrics(out / "metrics.jsonl", history, checkpoint["epoch"])
+        write_metrics(out / "metrics.jsonl", checkpoint["history"], checkpoint["epoch"])
     else:
         model.start_at_mean_image(data.train.mean(0))
     server = None if args.no_visdom else args.visdom_server
-    viewer = Viewer(out, server, args.visdom_port, args.visdom_env, args.visdom_timeout,
-                    args.visdom_retry, args.visdom_log)
-    (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    viewer = Viewer(
+        out, server, args.visdom_port, args.visdom_env, args.visdom_timeout, args.visdom_retry,
+        args.visdom_log,
+    )  # fmt: skip
     threads = ThreadTuner.for_run(args.threads, device, announce=tqdm.write)
-    print(f"{describe(args, data, device, len(history))}; {threads.describe()}")
+    history = checkpoint["history"] if checkpoint else []
+    span = checkpoint["lr_schedule"] if checkpoint else {"start": 0, "end": args.epochs}
+    return Run(args, model, optimizer, data, device, threads, viewer, history, span)
+
+
+def run_training(args: Namespace, checkpoint: dict | None, device: torch.device) -> int:
+    """Train a new run or resume one; Ctrl-C keeps the last finished epoch."""
+    run, out = start_run(args, checkpoint, device), Path(args.out)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    print(f"{describe(args, run.data, device, len(run.history))}; {run.threads.describe()}")
     try:
-        train_epochs(args, model, optimizer, data, device, threads, viewer, history, span)
+        train_epochs(run)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {interrupted_note(out, history)}")
+        print(f"\ninterrupted; {interrupted_note(out, run.history)}")
         return 130
     except NonFiniteLoss as error:
-        kept = f"{out / 'checkpoint.pt'} keeps epoch {len(history)}" if history else "no checkpoint was written"
+        kept = f"{out / 'checkpoint.pt'} keeps epoch {len(run.history)}"
+        kept = kept if run.history else "no checkpoint was written"
         print(f"error: {error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size",
-              file=sys.stderr)
+              file=sys.stderr)  # fmt: skip
         return 1
     if args.eval_k:
-        row = log_likelihood(model, data.test, args, args.eval_k, len(history))
+        row = log_likelihood(run.model, run.data.test, args, args.eval_k, len(run.history))
         append_metrics(out / "metrics.jsonl", row)
-    look = f"http://localhost:{args.visdom_port} (env {args.visdom_env})" if viewer.online else f"{out}/*.png"
-    print(f"done: test loss {history[-1]['test_loss']:.2f} per image after {plural(len(history), 'epoch')}; "
-          f"run folder {out}; look at {look}; metrics in {out / 'metrics.jsonl'}")
+    online = f"http://localhost:{args.visdom_port} (env {args.visdom_env})"
+    print(
+        f"done: test loss {run.history[-1]['test_loss']:.2f} per image after "
+        f"{plural(len(run.history), 'epoch')}; run folder {out}; "
+        f"look at {online if run.viewer.online else f'{out}/*.png'}; "
+        f"metrics in {out / 'metrics.jsonl'}"
+    )
     return 0
 
 
 def interrupted_note(out: Path, history: list[dict]) -> str:
     if not history:
         return "nothing was saved yet (the first epoch had not finished)"
-    return (f"{out / 'checkpoint.pt'} holds epoch {len(history)}. "
-            f"Resume with: {flags.main_command()} --resume {out / 'checkpoint.pt'}")
+    return (
+        f"{out / 'checkpoint.pt'} holds epoch {len(history)}. "
+        f"Resume with: {flags.main_command()} --resume {out / 'checkpoint.pt'}"
+    )
 
 
 def plural(n: int, word: str) -> str:

@@ -18,7 +18,8 @@ two threads are faster than one. So no fixed count is right; the count is measur
 import statistics
 import time
 from collections import Counter, deque
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

@@ -84,7 +84,9 @@ class VAE(nn.Module):
         self.decoder[-1].bias.copy_(torch.logit(mean_image.reshape(self.input_dim), eps=1e-3))
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None
+) -> torch.Tensor:
     """z = μ + σ·ε with σ = exp(½ log σ²) and ε ~ N(0, I) (drawn here unless given)."""
     if eps is None:
         eps = torch.randn_like(mu)
@@ -101,7 +103,9 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl_per_dimension(mu, logvar).sum(dim=-1)
 
 
-def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, likelihood: str = "gaussian") -> torch.Tensor:
+def reconstruction_loss(
+    logits: torch.Tensor, x: torch.Tensor, likelihood: str = "gaussian"
+) -> torch.Tensor:
     """Per-image reconstruction error, summed over pixels: shape of logits less its last dim.
 
     x is [B, ...] (any image layout); logits are [B, 784] or [k, B, 784] (k samples per image).

@@ -75,9 +75,15 @@ class Viewer:
             return
         try:
             # Built offline so that the constructor sends nothing; _probe() goes online.
-            self.client = visdom_client(server or "localhost", port, env, timeout, offline=True,
-                                        log_to_filename=log_file or os.devnull,
-                                        use_incoming_socket=False)
+            self.client = visdom_client(
+                server or "localhost",
+                port,
+                env,
+                timeout,
+                offline=True,
+                log_to_filename=log_file or os.devnull,
+                use_incoming_socket=False,
+            )
         except ImportError:
             print("visdom is not installed (see README.md, Set up): saving PNGs only")
             return
@@ -113,10 +119,17 @@ class Viewer:
             getattr(self.client, method)(*args, **kwargs)
         except (OSError, ValueError):
             self._go_offline()
-            print(f"Visdom server at {self.server} stopped answering: saving PNGs, will try again later")
+            print(
+                f"Visdom server at {self.server} stopped answering: saving PNGs, "
+                "will try again later"
+            )
 
-    def show(self, grids: dict[str, tuple[torch.Tensor, str]], history: list[dict],
-             latent: LatentMap | None = None) -> None:
+    def show(
+        self,
+        grids: dict[str, tuple[torch.Tensor, str]],
+        history: list[dict],
+        latent: LatentMap | None = None,
+    ) -> None:
         """Write each grid (name → (uint8 image, title)) as PNG, and the latent map as
         latent_map.png; then send them, the loss plot (train and test loss, and the watched
         −log p(x) where history has it) and the active units per epoch."""
@@ -125,19 +138,32 @@ class Viewer:
             save_pngs(self.out, {"latent_map": (map_image(latent), latent.title)})
         if self.client is None:
             return
-        if self.server and self.client.offline and time.monotonic() - self.lost_at >= self.retry_seconds:
+        if (
+            self.server
+            and self.client.offline
+            and time.monotonic() - self.lost_at >= self.retry_seconds
+        ):
             if self._probe():
                 print(f"Visdom server at {self.server} answers again: sending the windows there")
         for name, (image, title) in grids.items():
             height, width = image.shape[1:]  # pane size: the image plus the title bar
-            self._send("image", image.numpy(), win=name, opts=dict(title=title, width=width + 20, height=height + 60))
+            self._send(
+                "image",
+                image.numpy(),
+                win=name,
+                opts=dict(title=title, width=width + 20, height=height + 60),
+            )
         self._send(
             "line",
             np.array([[row["train_loss"], row["test_loss"]] for row in history]),
             np.array([[row["epoch"]] * 2 for row in history]),
             win="loss",
-            opts=dict(title="loss per image", legend=["train", "test"],
-                      xlabel="epoch", ylabel="loss per image"),
+            opts=dict(
+                title="loss per image",
+                legend=["train", "test"],
+                xlabel="epoch",
+                ylabel="loss per image",
+            ),
         )
         watched = [row for row in history if "watch_nll" in row]
         if watched:  # a trace of its own: it has points only on the epochs it was estimated
@@ -145,45 +171,66 @@ class Viewer:
                 "line",
                 np.array([row["watch_nll"] for row in watched]),
                 np.array([row["epoch"] for row in watched]),
-                win="loss", update="append", name=watch_name(watched[-1]),
+                win="loss",
+                update="append",
+                name=watch_name(watched[-1]),
             )
         if latent is not None:
             self._send_map(latent)
         counted = [row for row in history if "active_units" in row]  # older runs lack it
         if counted:
-            self._send("line", np.array([row["active_units"] for row in counted]),
-                       np.array([row["epoch"] for row in counted]), win="active_units",
-                       opts={"title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
-                             "xlabel": "epoch", "ylabel": "active dimensions", "ytickstep": 1})
+            self._send(
+                "line",
+                np.array([row["active_units"] for row in counted]),
+                np.array([row["epoch"] for row in counted]),
+                win="active_units",
+                opts={
+                    "title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
+                    "xlabel": "epoch",
+                    "ylabel": "active dimensions",
+                    "ytickstep": 1,
+                },
+            )
 
     def _send_map(self, latent: LatentMap) -> None:
         """The latent map as a Visdom scatter: one trace per class, named in the legend."""
         self._send(
-            "scatter", latent.points.numpy(),
+            "scatter",
+            latent.points.numpy(),
             (latent.labels + 1).numpy(),  # Visdom's classes are 1..K, one trace for each present
             win="latent_map",
-            opts={"title": latent.title, "legend": latent.names, "markersize": 4,
-                  "xlabel": latent.axis_labels[0], "ylabel": latent.axis_labels[1],
-                  "width": 760, "height": 500},
+            opts={
+                "title": latent.title,
+                "legend": latent.names,
+                "markersize": 4,
+                "xlabel": latent.axis_labels[0],
+                "ylabel": latent.axis_labels[1],
+                "width": 760,
+                "height": 500,
+            },
         )
 
 
-def traversal(decode, start: torch.Tensor, activity: Activity, epoch: int,
-              steps: int) -> tuple[torch.Tensor, str]:
+def traversal(
+    decode, start: torch.Tensor, activity: Activity, epoch: int, steps: int
+) -> tuple[torch.Tensor, str]:
     """Rows that sweep each active dimension (largest variance first, at most TRAVERSAL_ROWS)
     from -3 to 3 around the code `start` [d]; with none active, the one image every code gives."""
     dims = activity.ranked(TRAVERSAL_ROWS)
     if not dims:
-        title = (f"traversal: no latent dimension is active (0 of {activity.dims}): every code "
-                 f"decodes to about this image, epoch {epoch}")
+        title = (
+            f"traversal: no latent dimension is active (0 of {activity.dims}): every code "
+            f"decodes to about this image, epoch {epoch}"
+        )
         return grid(decode(start[None]), 1), title
     values = torch.linspace(-3.0, 3.0, steps, device=start.device)
     codes = start.repeat(len(dims), steps, 1)
     for row, dim in enumerate(dims):
         codes[row, :, dim] = values
     shown = "" if len(dims) == activity.count else f" (the {len(dims)} most active shown)"
-    title = (f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, "
-             f"epoch {epoch}")
+    title = (
+        f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, epoch {epoch}"
+    )
     return grid(decode(codes.reshape(-1, activity.dims)), steps), title
 
 
@@ -193,8 +240,9 @@ def watch_name(row: dict) -> str:
 
 
 @torch.inference_mode()
-def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int,
-            activity: Activity) -> dict[str, tuple[torch.Tensor, str]]:
+def figures(
+    model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int, activity: Activity
+) -> dict[str, tuple[torch.Tensor, str]]:
     """The windows a run shows, name → (uint8 grid, title), from fixed test images and fixed
     z ~ N(0, I); the traversal sweeps the dimensions `activity` finds active."""
     mu = model.encode(images)[0]
@@ -206,15 +254,24 @@ def figures(model, images: torch.Tensor, z: torch.Tensor, epoch: int, nrow: int,
     }
     steps = 10
     if model.latent_dim == 2:
-        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, steps)).to(z.device)
+        quantiles = (
+            torch.distributions.Normal(0.0, 1.0)
+            .icdf(torch.linspace(0.05, 0.95, steps))
+            .to(z.device)
+        )
         codes = torch.cartesian_prod(quantiles.flip(0), quantiles)[:, [1, 0]]
-        shown["manifold"] = (grid(decode(codes), steps), f"latent manifold (prior quantiles), epoch {epoch}")
+        shown["manifold"] = (
+            grid(decode(codes), steps),
+            f"latent manifold (prior quantiles), epoch {epoch}",
+        )
     else:
         shown["traversal"] = traversal(decode, mu[0], activity, epoch, steps)
     pairs = min(4, images.shape[0] // 2)
     weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
     start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]
     codes = (1 - weights) * start + weights * end
-    shown["interpolation"] = (grid(decode(codes.reshape(-1, model.latent_dim)), steps),
-                              f"interpolations, epoch {epoch}")
+    shown["interpolation"] = (
+        grid(decode(codes.reshape(-1, model.latent_dim)), steps),
+        f"interpolations, epoch {epoch}",
+    )
     return shown

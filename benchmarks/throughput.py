@@ -279,14 +279,14 @@ def flop_bound(args, device, batch: int, repeats: int = 300) -> tuple[float, flo
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     # forward: x@W for every layer; backward: the weight gradient for every layer and the input
     # gradient for every layer but the first (the images need none).
-    macs = sum(l.in_features * l.out_features for l in layers)
+    macs = sum(layer.in_features * layer.out_features for layer in layers)
     flops = 2 * (2 * macs + macs - layers[0].in_features * layers[0].out_features)
     operands, dtype = [], torch.bfloat16 if args.amp else torch.float32
-    for l in layers:
-        x = torch.randn(batch, l.in_features, device=device, dtype=dtype)
-        w = torch.randn(l.in_features, l.out_features, device=device, dtype=dtype)
-        g = torch.randn(batch, l.out_features, device=device, dtype=dtype)
-        operands.append((x, w, g, l is layers[0]))
+    for layer in layers:
+        x = torch.randn(batch, layer.in_features, device=device, dtype=dtype)
+        w = torch.randn(layer.in_features, layer.out_features, device=device, dtype=dtype)
+        g = torch.randn(batch, layer.out_features, device=device, dtype=dtype)
+        operands.append((x, w, g, layer is layers[0]))
 
     def gemms() -> None:
         for x, w, g, first in operands:
@@ -346,7 +346,7 @@ def variants(args, device, train, options) -> None:
     for name, runs in results.items():
         print(
             f"{device.type} batch {args.batch_size}, {name:<24} "
-            f"{statistics.median((together([r]) for r in runs)):>9,.0f} img/s"
+            f"{statistics.median(together([r]) for r in runs):>9,.0f} img/s"
             f"  (warm-up epoch {statistics.median(r['warmup'] for r in runs):.1f} s)",
             flush=True,
         )
@@ -354,7 +354,8 @@ def variants(args, device, train, options) -> None:
 
 def profile(args, device, train, steps: int = 200) -> None:
     """The operators that take the time in `steps` steps of the project's loop."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     model, optimizer = fresh(args, device)
     subset = train[: steps * args.batch_size]

@@ -1,4 +1,4 @@
-"""Fixtures: tiny MNIST-format files, a real Visdom server on 127.0.0.1, and a way to run main.py."""
+"""Fixtures: tiny MNIST-format files, a real Visdom server on 127.0.0.1, ways to run main.py."""
 
 import gzip
 import os
@@ -15,12 +15,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from data import idx_bytes  # noqa: E402  (also imported from here by test_faults.py)
+
 N_TRAIN, N_TEST = 512, 128
 # A short run of main.py on the tiny data, without Visdom.
 QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
 # Any download attempt goes to a closed loopback port: tests never send traffic off this machine.
-OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+OFFLINE_ENV = {
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +55,10 @@ def write_mnist(raw: Path, gz: bool = False) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n, seed in (("train", N_TRAIN, 0), ("t10k", N_TEST, 1)):
         images, labels = synthetic_digits(n, seed)
-        for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+        for name, array in (
+            (f"{prefix}-images-idx3-ubyte", images),
+            (f"{prefix}-labels-idx1-ubyte", labels),
+        ):
             data = idx_bytes(array)
             if gz:
                 (raw / f"{name}.gz").write_bytes(gzip.compress(data))
@@ -93,17 +103,33 @@ class VisdomServer:
 
         built = Path(visdom.__file__).parent / "static" / "version.built"
         if not built.exists():
-            pytest.fail("Visdom's assets are not in place: run `python tools/visdom_assets.py` (README, Set up)")
+            pytest.fail("Visdom's assets are not in place: run `make setup` (README, Set up)")
         self.log = open(self.env_path / "server.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "visdom.server", "-port", str(self.port), "-bind_local",
-             "-env_path", str(self.env_path)], stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "visdom.server",
+                "-port",
+                str(self.port),
+                "-bind_local",
+                "-env_path",
+                str(self.env_path),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"the Visdom server exited: {(self.env_path / 'server.log').read_text()[-2000:]}")
+                pytest.fail(
+                    "the Visdom server exited: "
+                    f"{(self.env_path / 'server.log').read_text()[-2000:]}"
+                )
             try:
-                urllib.request.build_opener(urllib.request.ProxyHandler({})).open(self.url, timeout=2)
+                urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                    self.url, timeout=2
+                )
                 return
             except OSError:
                 time.sleep(0.2)
@@ -124,7 +150,13 @@ class VisdomServer:
     def client(self, env: str = "main"):
         from visdom import Visdom
 
-        return Visdom(server="http://127.0.0.1", port=self.port, env=env, use_incoming_socket=False, raise_exceptions=True)
+        return Visdom(
+            server="http://127.0.0.1",
+            port=self.port,
+            env=env,
+            use_incoming_socket=False,
+            raise_exceptions=True,
+        )
 
 
 @pytest.fixture
@@ -146,8 +178,15 @@ def metrics(out: Path) -> list[dict]:
 def run_main(*args: str, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
     """Run main.py in a subprocess with a loopback-only network, returning its output."""
     env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -156,22 +195,56 @@ def trained_run(data_dir, tmp_path_factory) -> Path:
     import main
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    assert main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir",
-                      str(data_dir), "--out", str(out), "--no-visdom"]) == 0
+    assert (
+        main.main(
+            [
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--num-images",
+                "16",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--no-visdom",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def start_explorer(checkpoint: Path, server: VisdomServer, env: str) -> subprocess.Popen:
     """explore.py in a subprocess against `server`, with a loopback-only network."""
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "explore.py"), str(checkpoint), "--visdom-server",
-         "http://127.0.0.1", "--visdom-port", str(server.port), "--visdom-env", env],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            str(ROOT / "explore.py"),
+            str(checkpoint),
+            "--visdom-server",
+            "http://127.0.0.1",
+            "--visdom-port",
+            str(server.port),
+            "--visdom-env",
+            env,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"},
+    )
 
 
-def wait_for(condition, what: str, process: subprocess.Popen | None = None,
-             seconds: float = 120, poll: float = 0.1) -> None:
+def wait_for(
+    condition,
+    what: str,
+    process: subprocess.Popen | None = None,
+    seconds: float = 120,
+    poll: float = 0.1,
+) -> None:
     """Poll until condition(); fail if `process` exits first, or after `seconds`: a safety limit
     against a hang, never a measure of speed."""
     deadline = time.monotonic() + seconds

@@ -1,6 +1,5 @@
-"""Faults a long run can meet: kill -9, a diverging loss, damaged files, bad checkpoints, bad flags."""
+"""Faults a long run meets: kill -9, a diverging loss, damaged files, bad checkpoints, bad flags."""
 
-import json
 import random
 import signal
 import subprocess
@@ -12,7 +11,16 @@ import pytest
 import torch
 
 import main
-from conftest import N_TRAIN, OFFLINE_ENV, QUICK, ROOT, idx_bytes, metrics, synthetic_digits, wait_for
+from conftest import (
+    N_TRAIN,
+    OFFLINE_ENV,
+    QUICK,
+    ROOT,
+    idx_bytes,
+    metrics,
+    synthetic_digits,
+    wait_for,
+)
 
 
 def error_line(capsys) -> str:
@@ -23,12 +31,28 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
+def appeared(path, run: subprocess.Popen):
+    """A condition for wait_for: `path` exists, or `run` has ended (a resumed run may finish)."""
+    return lambda: path.exists() or run.poll() is not None
+
+
 def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_dir, tmp_path):
     out = tmp_path / "run"
     checkpoint = out / "checkpoint.pt"
     epochs, rng, kills = 60, random.Random(0), 0
-    flags = ["--epochs", str(epochs), "--batch-size", "16", "--no-visdom", "--num-images", "4",
-             "--data-dir", str(data_dir), "--out", str(out)]
+    flags = [
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "16",
+        "--no-visdom",
+        "--num-images",
+        "4",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+    ]
     deadline = time.monotonic() + 150
     while kills < 10 and time.monotonic() < deadline:
         before = torch.load(checkpoint, weights_only=True)["epoch"] if checkpoint.exists() else 0
@@ -36,16 +60,21 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
             break
         args = ["--resume", str(checkpoint), *flags[:2]] if checkpoint.exists() else flags
         (out / "checkpoint.pt.tmp").unlink(missing_ok=True)  # so that its appearance marks a write
-        run = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], stdout=subprocess.PIPE, text=True,
-                               stderr=subprocess.DEVNULL, env={**OFFLINE_ENV, "PATH": "", "PYTHONUNBUFFERED": "1"})
+        run = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            stderr=subprocess.DEVNULL,
+            env={**OFFLINE_ENV, "PATH": "", "PYTHONUNBUFFERED": "1"},
+        )
         first_line = run.stdout.readline()  # printed once the data is loaded, just before training
-        assert f"epochs {before + 1}..{epochs}" in first_line  # continues after the last finished epoch
+        assert (
+            f"epochs {before + 1}..{epochs}" in first_line
+        )  # continues after the last finished epoch
         # a kill comes after the first checkpoint, however slow the machine
-        ended = lambda: run.poll() is not None  # noqa: E731 (a resumed run may finish first)
-        wait_for(lambda: checkpoint.exists() or ended(), "the first checkpoint", poll=0.01)
+        wait_for(appeared(checkpoint, run), "the first checkpoint", poll=0.01)
         if kills % 2:  # during a checkpoint write: as soon as the temporary file appears
-            tmp = out / "checkpoint.pt.tmp"
-            wait_for(lambda: tmp.exists() or ended(), "a checkpoint write", poll=0.0)
+            wait_for(appeared(out / "checkpoint.pt.tmp", run), "a checkpoint write", poll=0.0)
         else:  # at a random moment, mostly inside an epoch
             time.sleep(rng.uniform(0.0, 1.5))
         run.send_signal(signal.SIGKILL)
@@ -53,21 +82,38 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
         kills += 1
         assert torch.load(checkpoint, weights_only=True)["epoch"] >= before  # always loads
     assert kills >= 6
-    finish = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(checkpoint), "--epochs", str(epochs)],
-                            capture_output=True, text=True, timeout=300)
+    finish = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--resume",
+            str(checkpoint),
+            "--epochs",
+            str(epochs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert finish.returncode == 0, finish.stderr
     rows = metrics(out)
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
 
 
-def test_a_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys):
+def test_a_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
+    data_dir, tmp_path, capsys
+):
     out = tmp_path / "run"
     assert main.main([*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
     good = torch.load(out / "checkpoint.pt", weights_only=True)
     capsys.readouterr()
     assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--lr", "1e30"]) == 1
     message = error_line(capsys)
-    assert "non-finite at epoch 2, step" in message and "keeps epoch 1" in message and "--lr" in message
+    assert (
+        "non-finite at epoch 2, step" in message
+        and "keeps epoch 1" in message
+        and "--lr" in message
+    )
     kept = torch.load(out / "checkpoint.pt", weights_only=True)
     assert kept["epoch"] == 1
     for name, tensor in kept["model"].items():
@@ -76,7 +122,22 @@ def test_a_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(data_
 
 
 def test_a_run_that_diverges_at_once_writes_no_checkpoint(data_dir, tmp_path, capsys):
-    assert main.main([*QUICK, "--epochs", "2", "--lr", "1e30", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]) == 1
+    assert (
+        main.main(
+            [
+                *QUICK,
+                "--epochs",
+                "2",
+                "--lr",
+                "1e30",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 1
+    )
     assert "no checkpoint was written" in error_line(capsys)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -96,17 +157,35 @@ def damage(raw, name: str, kind: str) -> None:
         path.write_bytes(idx_bytes(labels[:-1]))
 
 
-@pytest.mark.parametrize("name, kind, words", [
-    ("train-images-idx3-ubyte", "truncated", "truncated"),
-    ("train-labels-idx1-ubyte", "truncated", "truncated"),
-    ("t10k-images-idx3-ubyte", "magic", "magic number"),
-    ("train-images-idx3-ubyte", "size", "32x28 images"),
-    ("train-labels-idx1-ubyte", "count", f"{N_TRAIN} images but"),
-])
-def test_a_damaged_data_file_is_one_clear_error_naming_it(fresh_data_dir, tmp_path, capsys, name, kind, words):
+@pytest.mark.parametrize(
+    "name, kind, words",
+    [
+        ("train-images-idx3-ubyte", "truncated", "truncated"),
+        ("train-labels-idx1-ubyte", "truncated", "truncated"),
+        ("t10k-images-idx3-ubyte", "magic", "magic number"),
+        ("train-images-idx3-ubyte", "size", "32x28 images"),
+        ("train-labels-idx1-ubyte", "count", f"{N_TRAIN} images but"),
+    ],
+)
+def test_a_damaged_data_file_is_one_clear_error_naming_it(
+    fresh_data_dir, tmp_path, capsys, name, kind, words
+):
     raw = fresh_data_dir / "MNIST" / "raw"
     damage(raw, name, kind)
-    assert main.main([*QUICK, "--epochs", "1", "--data-dir", str(fresh_data_dir), "--out", str(tmp_path / "run")]) == 1
+    assert (
+        main.main(
+            [
+                *QUICK,
+                "--epochs",
+                "1",
+                "--data-dir",
+                str(fresh_data_dir),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 1
+    )
     message = error_line(capsys)
     assert str(raw / name) in message and words in message
 
@@ -120,12 +199,31 @@ def exits_with_usage_error(argv: list[str], capsys) -> str:
 
 def test_a_checkpoint_of_another_architecture_names_the_mismatch(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--epochs", "1", "--latent-dim", "20", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert (
+        main.main(
+            [
+                *QUICK,
+                "--epochs",
+                "1",
+                "--latent-dim",
+                "20",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     for mode in ("--resume", "--evaluate", "--generate"):
-        message = exits_with_usage_error([mode, str(out / "checkpoint.pt"), "--epochs", "2", "--latent-dim", "10"], capsys)
+        message = exits_with_usage_error(
+            [mode, str(out / "checkpoint.pt"), "--epochs", "2", "--latent-dim", "10"], capsys
+        )
         assert "the checkpoint has latent_dim 20, the flags say 10" in message
-    message = exits_with_usage_error(["--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--hidden", "128"], capsys)
+    message = exits_with_usage_error(
+        ["--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--hidden", "128"], capsys
+    )
     assert "hidden [256, 64], the flags say [128]" in message
 
 
@@ -133,31 +231,45 @@ def test_a_checkpoint_of_another_architecture_names_the_mismatch(data_dir, tmp_p
 def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, capsys, content):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(content)
-    assert "is not a checkpoint written by main.py" in exits_with_usage_error(["--resume", str(path), "--epochs", "2"], capsys)
+    assert "is not a checkpoint written by main.py" in exits_with_usage_error(
+        ["--resume", str(path), "--epochs", "2"], capsys
+    )
     torch.save({"model": {}}, path)
-    assert "is not a checkpoint written by main.py" in exits_with_usage_error(["--evaluate", str(path)], capsys)
+    assert "is not a checkpoint written by main.py" in exits_with_usage_error(
+        ["--evaluate", str(path)], capsys
+    )
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--epochs", "0"], "--epochs: must be greater than 0"),
-    (["--epochs", "-3"], "--epochs: must be greater than 0"),
-    (["--batch-size", "0"], "--batch-size: must be greater than 0"),
-    (["--latent-dim", "0"], "--latent-dim: must be greater than 0"),
-    (["--hidden", "256,x"], "--hidden: '256,x' is not a comma-separated list"),
-    (["--hidden", "256,0"], "--hidden: widths must be greater than 0"),
-    (["--lr", "0"], "--lr: must be greater than 0"),
-    (["--lr", "-0.1"], "--lr: must be greater than 0"),
-    (["--lr", "nan"], "--lr: must be greater than 0"),
-    (["--beta", "-1"], "--beta: must be at least 0"),
-    (["--visdom-port", "99999"], "--visdom-port: a port is 1 to 65535"),
-    (["--resume", "a.pt", "--evaluate", "b.pt"], "not allowed with argument --resume"),
-    (["--device", "cuda"], "--device cuda: torch finds no CUDA device"),
-    (["--out", "/proc/no-such-run"], "--out /proc/no-such-run cannot be written"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--epochs", "0"], "--epochs: must be greater than 0"),
+        (["--epochs", "-3"], "--epochs: must be greater than 0"),
+        (["--batch-size", "0"], "--batch-size: must be greater than 0"),
+        (["--latent-dim", "0"], "--latent-dim: must be greater than 0"),
+        (["--hidden", "256,x"], "--hidden: '256,x' is not a comma-separated list"),
+        (["--hidden", "256,0"], "--hidden: widths must be greater than 0"),
+        (["--lr", "0"], "--lr: must be greater than 0"),
+        (["--lr", "-0.1"], "--lr: must be greater than 0"),
+        (["--lr", "nan"], "--lr: must be greater than 0"),
+        (["--beta", "-1"], "--beta: must be at least 0"),
+        (["--visdom-port", "99999"], "--visdom-port: a port is 1 to 65535"),
+        (["--resume", "a.pt", "--evaluate", "b.pt"], "not allowed with argument --resume"),
+        (["--device", "cuda"], "--device cuda: torch finds no CUDA device"),
+        (["--out", "/proc/no-such-run"], "--out /proc/no-such-run cannot be written"),
+    ],
+)
 def test_bad_flags_are_an_argparse_error_before_any_work(tmp_path, capsys, flags, words):
     if flags == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    argv = ["--data-dir", str(tmp_path / "no-data"), "--no-visdom", "--out", str(tmp_path / "run"), *flags]
+    argv = [
+        "--data-dir",
+        str(tmp_path / "no-data"),
+        "--no-visdom",
+        "--out",
+        str(tmp_path / "run"),
+        *flags,
+    ]
     message = exits_with_usage_error(argv, capsys)
     assert words in message
     assert not (tmp_path / "no-data").exists()
@@ -168,5 +280,7 @@ def test_an_out_folder_holding_a_run_is_not_overwritten(data_dir, tmp_path, caps
     assert main.main([*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
     before = (out / "checkpoint.pt").read_bytes()
     capsys.readouterr()
-    assert "--resume" in exits_with_usage_error([*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    assert "--resume" in exits_with_usage_error(
+        [*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)], capsys
+    )
     assert (out / "checkpoint.pt").read_bytes() == before

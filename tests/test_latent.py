@@ -62,8 +62,11 @@ def test_the_projection_of_a_2d_latent_keeps_its_geometry():
     assert projected.shape == (300, 2) and axes == ("PC1", "PC2")
     assert name == "PCA of the 6-D means (100% of their variance)"
     exact = "donot_use_mm_for_euclid_dist"
-    assert torch.allclose(torch.cdist(projected, projected, compute_mode=exact),
-                          torch.cdist(points, points, compute_mode=exact), atol=1e-4)
+    assert torch.allclose(
+        torch.cdist(projected, projected, compute_mode=exact),
+        torch.cdist(points, points, compute_mode=exact),
+        atol=1e-4,
+    )
     assert projected[:, 0].var() > projected[:, 1].var()  # PC1 is the long axis
 
 
@@ -100,8 +103,18 @@ def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path
 
 def test_metrics_and_the_epoch_line_count_the_active_units(data_dir, tmp_path):
     out = tmp_path / "run"
-    result = run_main("--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir),
-                      "--out", str(out), "--no-visdom", timeout=120)
+    result = run_main(
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--no-visdom",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [type(row["active_units"]) for row in rows] == [int, int]
@@ -118,32 +131,52 @@ def test_metrics_and_the_epoch_line_count_the_active_units(data_dir, tmp_path):
 
 
 def run_explore(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "explore.py"), *args], cwd=ROOT, timeout=120,
-                          capture_output=True, text=True, env={**OFFLINE_ENV, "PATH": ""},
-                          check=False)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "explore.py"), *args],
+        cwd=ROOT,
+        timeout=120,
+        capture_output=True,
+        text=True,
+        env={**OFFLINE_ENV, "PATH": ""},
+        check=False,
+    )
 
 
 def test_explore_with_a_bad_checkpoint_or_no_server_says_what_to_do(trained_run, tmp_path):
     result = run_explore(str(tmp_path / "missing.pt"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [(
-        f"error: checkpoint {tmp_path / 'missing.pt'} does not exist: "
-        "give the path of a run's checkpoint.pt")]
-    result = run_explore(str(trained_run / "checkpoint.pt"), "--visdom-server", "http://127.0.0.1",
-                         "--visdom-port", str(free_port()))
+    assert result.stderr.strip().splitlines() == [
+        (
+            f"error: checkpoint {tmp_path / 'missing.pt'} does not exist: "
+            "give the path of a run's checkpoint.pt"
+        )
+    ]
+    result = run_explore(
+        str(trained_run / "checkpoint.pt"),
+        "--visdom-server",
+        "http://127.0.0.1",
+        "--visdom-port",
+        str(free_port()),
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "no Visdom server answers" in line and "python -m visdom.server" in line
 
 
 @pytest.mark.parametrize("ending", ["ctrl-c", "server gone"])
-def test_explore_ends_cleanly_on_ctrl_c_and_when_the_server_goes_away(ending, trained_run,
-                                                                       visdom_server):
+def test_explore_ends_cleanly_on_ctrl_c_and_when_the_server_goes_away(
+    ending, trained_run, visdom_server
+):
     explorer = start_explorer(trained_run / "checkpoint.pt", visdom_server, "explore")
     try:
-        wait_for(lambda: IMAGE_WINDOW in json.loads(
-            visdom_server.client("explore").get_window_data(env="explore")), "the explorer's image",
-            explorer)
+        wait_for(
+            lambda: (
+                IMAGE_WINDOW
+                in json.loads(visdom_server.client("explore").get_window_data(env="explore"))
+            ),
+            "the explorer's image",
+            explorer,
+        )
         if ending == "ctrl-c":
             explorer.send_signal(2)  # SIGINT
         else:

@@ -1,24 +1,23 @@
-"""main.py end to end on tiny MNIST files read through torchvision: metrics, checkpoints, resume, errors."""
+"""main.py end to end on tiny MNIST files read by torchvision: metrics, checkpoints, resume."""
 
-import json
 import math
 import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-import main
 import data
 import flags
+import main
 import vae
-from threads import ThreadTuner
 from conftest import QUICK, ROOT, metrics, run_main, wait_for, write_mnist
+from threads import ThreadTuner
 
 TIMINGS = set(main.TIMING_KEYS)
+
 
 def without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
@@ -30,7 +29,14 @@ def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys
     rows = metrics(out)
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
-        for key in ("train_loss", "test_loss", "test_recon", "test_kl", "epoch_seconds", "train_images_per_second"):
+        for key in (
+            "train_loss",
+            "test_loss",
+            "test_recon",
+            "test_kl",
+            "epoch_seconds",
+            "train_images_per_second",
+        ):
             assert math.isfinite(row[key]), key
         assert row["test_loss"] == pytest.approx(row["test_recon"] + row["test_kl"])
     assert rows[1]["test_loss"] < rows[0]["test_loss"]
@@ -44,25 +50,60 @@ def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys
 
 def test_same_seed_gives_the_same_metrics(data_dir, tmp_path):
     for name in ("a", "b"):
-        assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / name), "--seed", "3"]) == 0
+        assert (
+            main.main(
+                [*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / name), "--seed", "3"]
+            )
+            == 0
+        )
     assert without_timings(metrics(tmp_path / "a")) == without_timings(metrics(tmp_path / "b"))
-    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / "c"), "--seed", "4"]) == 0
+    assert (
+        main.main(
+            [*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / "c"), "--seed", "4"]
+        )
+        == 0
+    )
     assert without_timings(metrics(tmp_path / "a")) != without_timings(metrics(tmp_path / "c"))
 
 
 def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(data_dir, tmp_path):
-    flags = ["--batch-size", "64", "--no-visdom", "--data-dir", str(data_dir), "--binarize", "dynamic"]
+    flags = [
+        "--batch-size",
+        "64",
+        "--no-visdom",
+        "--data-dir",
+        str(data_dir),
+        "--binarize",
+        "dynamic",
+    ]
     assert main.main([*flags, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
     assert main.main([*flags, "--epochs", "1", "--out", str(tmp_path / "parts")]) == 0
     assert main.main(["--resume", str(tmp_path / "parts" / "checkpoint.pt"), "--epochs", "3"]) == 0
-    assert without_timings(metrics(tmp_path / "parts")) == without_timings(metrics(tmp_path / "whole"))
+    assert without_timings(metrics(tmp_path / "parts")) == without_timings(
+        metrics(tmp_path / "whole")
+    )
 
 
 def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--epochs", "1000", "--no-visdom", "--batch-size", "8",
-         "--data-dir", str(data_dir), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--epochs",
+            "1000",
+            "--no-visdom",
+            "--batch-size",
+            "8",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: len(metrics(out)) >= 2, "two epochs", process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
@@ -79,7 +120,9 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
     assert metrics(out)[-1]["epoch"] == saved + 1
 
 
-def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(data_dir, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(
+    data_dir, tmp_path, capsys, monkeypatch
+):
     """The Ctrl-C lands while torch.save writes epoch 2's checkpoint: the write completes, then the
     run stops as for any Ctrl-C, with both files at epoch 2 and no temporary file left."""
     save = torch.save
@@ -91,7 +134,9 @@ def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(data_dir, tmp_pa
 
     monkeypatch.setattr(torch, "save", save_with_ctrl_c)
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--epochs", "5", "--data-dir", str(data_dir), "--out", str(out)]) == 130
+    assert (
+        main.main([*QUICK, "--epochs", "5", "--data-dir", str(data_dir), "--out", str(out)]) == 130
+    )
     monkeypatch.undo()
     assert "holds epoch 2. Resume with:" in capsys.readouterr().out
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
@@ -99,16 +144,31 @@ def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(data_dir, tmp_pa
     assert not (out / "checkpoint.pt.tmp").exists()
 
 
-@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+@pytest.mark.parametrize(
+    "dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("kmnist", "KMNIST")]
+)
 def test_missing_data_without_network_is_one_clear_error(tmp_path, dataset, folder):
     (tmp_path / "empty").mkdir()
-    result = run_main("--data-dir", str(tmp_path / "empty"), "--no-visdom", "--out", str(tmp_path / "run"),
-                      "--dataset", dataset, timeout=120)
+    result = run_main(
+        "--data-dir",
+        str(tmp_path / "empty"),
+        "--no-visdom",
+        "--out",
+        str(tmp_path / "run"),
+        "--dataset",
+        dataset,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()
     assert len(error) == 1
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         assert name in error[0]
     assert str(tmp_path / "empty" / folder / "raw") in error[0] and dataset in error[0]
     # the failed attempt leaves nothing behind: no empty run folder, no folders in --data-dir
@@ -119,16 +179,38 @@ def test_gz_files_that_are_not_torchvisions_are_used_without_a_download(tmp_path
     """Another distributor's .gz files (different bytes from torchvision's, so its checksums fail)
     are unpacked and used; no download is tried."""
     write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=True)
-    argv = [*QUICK, "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    argv = [
+        *QUICK,
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main.main(argv) == 0
     printed = capsys.readouterr().out
     assert "downloading" not in printed and "after 1 epoch;" in printed
 
 
-
 def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--epochs", "1", "--latent-dim", "2", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert (
+        main.main(
+            [
+                *QUICK,
+                "--epochs",
+                "1",
+                "--latent-dim",
+                "2",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     for png in out.glob("*.png"):
         png.unlink()
     capsys.readouterr()
@@ -136,20 +218,49 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "k=20" in printed and "variance 0.5" in printed and "392·log π" in printed
     evaluation = metrics(out)[-1]
-    assert evaluation["evaluation"] == "importance-weighted" and evaluation["k"] == 20 and evaluation["epoch"] == 1
+    assert (
+        evaluation["evaluation"] == "importance-weighted"
+        and evaluation["k"] == 20
+        and evaluation["epoch"] == 1
+    )
     # log p(x) >= ELBO in expectation; the gaussian ELBO is -(loss) less the density's constant
     elbo = -evaluation["test_loss"] - 784 * 0.5 * math.log(math.pi)
     assert f"+ {784 * 0.5 * math.log(math.pi):.2f} (392·log π)" in printed  # as the output says
     assert evaluation["test_log_likelihood"] > elbo
     assert main.main(["--generate", str(out / "checkpoint.pt")]) == 0
-    assert {png.name for png in out.glob("*.png")} == {"originals.png", "reconstructions.png", "samples.png",
-                                                       "manifold.png", "interpolation.png"}
+    assert {png.name for png in out.glob("*.png")} == {
+        "originals.png",
+        "reconstructions.png",
+        "samples.png",
+        "manifold.png",
+        "interpolation.png",
+    }
 
 
 def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--likelihood", "bernoulli", "--binarize", "static", "--hidden", "64,32,16",
-                      "--activation", "tanh", "--eval-k", "10", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert (
+        main.main(
+            [
+                *QUICK,
+                "--likelihood",
+                "bernoulli",
+                "--binarize",
+                "static",
+                "--hidden",
+                "64,32,16",
+                "--activation",
+                "tanh",
+                "--eval-k",
+                "10",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = metrics(out)
     assert [row.get("epoch") for row in rows] == [1, 2, 2] and rows[-1]["k"] == 10
     assert rows[-1]["decoder_variance"] is None and "bernoulli pixels" in capsys.readouterr().out
@@ -182,17 +293,26 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
     # the mean of binarized pixels follows the intensities (the order is shuffled: compare sums)
-    torch.testing.assert_close(torch.stack(seen).mean(0).sum(0), grey.sum(0), atol=0.15 * 50, rtol=0)
+    torch.testing.assert_close(
+        torch.stack(seen).mean(0).sum(0), grey.sum(0), atol=0.15 * 50, rtol=0
+    )
 
 
 @pytest.mark.parametrize("flush", [True, False])
 def test_denormals_are_flushed_on_every_worker_thread(flush):
     # Run in a fresh process: worker threads take the setting only when torch starts them.
-    script = (f"import torch, main\n{'main.flush_denormals()' if flush else ''}\ntorch.set_num_threads(2)\n"
-              "tiny = torch.full((1 << 20,), 1e-39) * 1.0  # big enough to be split between the threads\n"
-              "print(torch.get_num_threads(), int((tiny != 0).sum()))")
-    threads, kept = map(int, subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True,
-                                            capture_output=True, text=True).stdout.split())
+    script = (
+        "import torch, main\n"
+        f"{'main.flush_denormals()' if flush else ''}\ntorch.set_num_threads(2)\n"
+        "tiny = torch.full((1 << 20,), 1e-39) * 1.0  # big enough to be split between the threads\n"
+        "print(torch.get_num_threads(), int((tiny != 0).sum()))"
+    )
+    threads, kept = map(
+        int,
+        subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.split(),
+    )
     assert threads == 2
     assert kept == 0 if flush else kept == 1 << 20
 
@@ -232,11 +352,15 @@ def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
 
 def test_help_and_flag_errors_answer_before_torch_loads():
     for argv in (["--help"], ["--visdom-port", "99999"], ["--epochs", "0"]):
-        script = ("import runpy, sys\n"
-                  f"sys.argv = ['main.py', *{argv!r}]\n"
-                  "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
-                  "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)")
-        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+        script = (
+            "import runpy, sys\n"
+            f"sys.argv = ['main.py', *{argv!r}]\n"
+            "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
+            "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True
+        )
         assert result.stdout.splitlines()[-1] == ("0 False" if argv == ["--help"] else "2 False")
 
 

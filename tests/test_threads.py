@@ -1,7 +1,6 @@
 """The thread policy's decisions on made-up step times, and how main.py uses and reports it."""
 
 import importlib.util
-import json
 import subprocess
 import sys
 
@@ -133,8 +132,6 @@ def test_a_forced_count_or_a_gpu_turns_the_policy_off():
     assert (
         ThreadTuner.for_run(None, torch.device("cpu")).describe() == "threads: auto (starts at 1)"
     )
-
-
 
 
 def test_the_first_line_and_metrics_carry_the_thread_count(data_dir, tmp_path, capsys):

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
-from conftest import QUICK, ROOT, metrics
-from test_main import without_timings
-from test_viewer import visdom_flags, windows
 
 import flags
 import main
+from conftest import QUICK, ROOT, metrics
+from test_main import without_timings
+from test_viewer import visdom_flags, windows
 from threads import ThreadTuner
 from vae import (
     VAE,
@@ -125,8 +125,9 @@ def test_learning_rate_schedules_per_epoch():
     # a schedule set at a later epoch (a resume that gave --lr-schedule) runs from there
     assert lr_per_epoch(["--lr-schedule", "exponential"], 5, start=3) == pytest.approx([1e-4, 1e-5])
     # after its end, the floor
-    assert main.scheduled_lr(flags.parse(["--lr-schedule", "cosine"]), {"start": 0, "end": 2}, 7) \
-        == pytest.approx(2e-3 * 0.01)
+    assert main.scheduled_lr(
+        flags.parse(["--lr-schedule", "cosine"]), {"start": 0, "end": 2}, 7
+    ) == pytest.approx(2e-3 * 0.01)
 
 
 def test_clipping_bounds_the_gradient_norm_of_every_step():
@@ -140,13 +141,24 @@ def test_clipping_bounds_the_gradient_norm_of_every_step():
         norms, step = [], optimizer.step
 
         def recording_step(*a, **kw):
-            norms.append(torch.linalg.vector_norm(torch.stack(
-                [p.grad.norm() for p in model.parameters()])).item())
+            norms.append(
+                torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in model.parameters()])
+                ).item()
+            )
             return step(*a, **kw)
 
         optimizer.step = recording_step
-        main.train_epoch(model, main.batch_loss, optimizer, pixels, args, 1, torch.device("cpu"),
-                     ThreadTuner(None))
+        main.train_epoch(
+            model,
+            main.batch_loss,
+            optimizer,
+            pixels,
+            args,
+            1,
+            torch.device("cpu"),
+            ThreadTuner(None),
+        )
         return norms
 
     assert max(step_norms()) > 10
@@ -172,19 +184,22 @@ def test_the_defaults_train_as_before():
     assert objective == ("elbo", False, 0, None)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--lr-floor", "0"], "--lr-floor: must be greater than 0"),
-    (["--lr-floor", "1.5"], "--lr-floor: must be at most 1"),
-    (["--lr-schedule", "linear"], "--lr-schedule: invalid choice"),
-    (["--adam-eps", "0"], "--adam-eps: must be greater than 0"),
-    (["--clip-grad", "-1"], "--clip-grad: must be greater than 0"),
-    (["--train-k", "0"], "--train-k: must be greater than 0"),
-    (["--watch-every", "-1"], "--watch-every: must be at least 0"),
-    (["--watch-k", "x"], "--watch-k: 'x' is not a int"),
-    (["--objective", "iwae", "--beta", "0.5"], "only with --beta 1"),
-    (["--stl", "--beta", "2"], "only with --beta 1"),
-    (["--warmup-epochs", "3", "--epochs", "3"], "--warmup-epochs 3.0 must be below --epochs 3"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--lr-floor", "0"], "--lr-floor: must be greater than 0"),
+        (["--lr-floor", "1.5"], "--lr-floor: must be at most 1"),
+        (["--lr-schedule", "linear"], "--lr-schedule: invalid choice"),
+        (["--adam-eps", "0"], "--adam-eps: must be greater than 0"),
+        (["--clip-grad", "-1"], "--clip-grad: must be greater than 0"),
+        (["--train-k", "0"], "--train-k: must be greater than 0"),
+        (["--watch-every", "-1"], "--watch-every: must be at least 0"),
+        (["--watch-k", "x"], "--watch-k: 'x' is not a int"),
+        (["--objective", "iwae", "--beta", "0.5"], "only with --beta 1"),
+        (["--stl", "--beta", "2"], "only with --beta 1"),
+        (["--warmup-epochs", "3", "--epochs", "3"], "--warmup-epochs 3.0 must be below --epochs 3"),
+    ],
+)
 def test_bad_training_flags_are_one_line_errors(argv, words, data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main.main([*argv, "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
@@ -195,10 +210,36 @@ def test_bad_training_flags_are_one_line_errors(argv, words, data_dir, tmp_path,
 
 
 OPTIONS = [
-    "--batch-size", "64", "--no-visdom", "--likelihood", "bernoulli", "--binarize", "dynamic",
-    "--hidden", "64,32", "--decoder-activation", "leaky_relu", "--lr-schedule", "cosine",
-    "--warmup-epochs", "0.5", "--adam-eps", "1e-4", "--clip-grad", "5", "--objective", "iwae",
-    "--train-k", "3", "--stl", "--watch-every", "1", "--watch-k", "5", "--watch-images", "50",
+    "--batch-size",
+    "64",
+    "--no-visdom",
+    "--likelihood",
+    "bernoulli",
+    "--binarize",
+    "dynamic",
+    "--hidden",
+    "64,32",
+    "--decoder-activation",
+    "leaky_relu",
+    "--lr-schedule",
+    "cosine",
+    "--warmup-epochs",
+    "0.5",
+    "--adam-eps",
+    "1e-4",
+    "--clip-grad",
+    "5",
+    "--objective",
+    "iwae",
+    "--train-k",
+    "3",
+    "--stl",
+    "--watch-every",
+    "1",
+    "--watch-k",
+    "5",
+    "--watch-images",
+    "50",
 ]
 
 
@@ -214,8 +255,9 @@ def stop_after_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(torch, "save", save_then_stop)
 
 
-def test_resumed_run_with_every_option_ends_like_an_uninterrupted_one(data_dir, tmp_path,
-                                                                      monkeypatch):
+def test_resumed_run_with_every_option_ends_like_an_uninterrupted_one(
+    data_dir, tmp_path, monkeypatch
+):
     argv = [*OPTIONS, "--data-dir", str(data_dir), "--epochs", "3"]
     assert main.main([*argv, "--out", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as patch:
@@ -236,31 +278,92 @@ def test_a_checkpoint_without_a_schedule_resumes_at_a_constant_lr_or_starts_one(
     """Checkpoints from before the schedule flags have no lr_schedule and none of the new flags:
     they resume at their constant lr; given --lr-schedule, the decay runs from their epoch."""
     out = tmp_path / "old"
-    assert main.main(["--batch-size", "64", "--no-visdom", "--data-dir", str(data_dir),
-                      "--epochs", "1", "--out", str(out)]) == 0
+    assert (
+        main.main(
+            [
+                "--batch-size",
+                "64",
+                "--no-visdom",
+                "--data-dir",
+                str(data_dir),
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    new_flags = {"lr_schedule", "lr_floor", "warmup_epochs", "adam_eps", "clip_grad", "objective",
-                 "train_k", "stl", "decoder_activation", "watch_every", "watch_k", "watch_images"}
+    new_flags = {
+        "lr_schedule",
+        "lr_floor",
+        "warmup_epochs",
+        "adam_eps",
+        "clip_grad",
+        "objective",
+        "train_k",
+        "stl",
+        "decoder_activation",
+        "watch_every",
+        "watch_k",
+        "watch_images",
+    }
     state["args"] = {k: v for k, v in state["args"].items() if k not in new_flags}
     del state["lr_schedule"]
     torch.save(state, out / "checkpoint.pt")
     torch.save(state, tmp_path / "old-copy.pt")
     assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "2"]) == 0
     assert [row["lr"] for row in metrics(out)] == [2e-3, 2e-3]
-    assert main.main(["--evaluate", str(tmp_path / "old-copy.pt"), "--eval-k", "5",
-                      "--out", str(tmp_path / "evaluated")]) == 0
+    assert (
+        main.main(
+            [
+                "--evaluate",
+                str(tmp_path / "old-copy.pt"),
+                "--eval-k",
+                "5",
+                "--out",
+                str(tmp_path / "evaluated"),
+            ]
+        )
+        == 0
+    )
     again = tmp_path / "again"
     again.mkdir()
     torch.save(state, again / "checkpoint.pt")
-    assert main.main(["--resume", str(again / "checkpoint.pt"), "--epochs", "3",
-                      "--lr-schedule", "exponential"]) == 0
+    assert (
+        main.main(
+            [
+                "--resume",
+                str(again / "checkpoint.pt"),
+                "--epochs",
+                "3",
+                "--lr-schedule",
+                "exponential",
+            ]
+        )
+        == 0
+    )
     assert [row["lr"] for row in metrics(again)] == pytest.approx([2e-3, 2e-4, 2e-5])
     assert json.loads((again / "args.json").read_text())["lr_schedule"] == "exponential"
 
 
 def test_resume_keeps_the_schedule_beyond_its_end_at_the_floor(data_dir, tmp_path):
-    argv = ["--batch-size", "64", "--no-visdom", "--data-dir", str(data_dir), "--lr-schedule",
-            "exponential", "--lr-floor", "0.1", "--epochs", "2", "--out", str(tmp_path / "run")]
+    argv = [
+        "--batch-size",
+        "64",
+        "--no-visdom",
+        "--data-dir",
+        str(data_dir),
+        "--lr-schedule",
+        "exponential",
+        "--lr-floor",
+        "0.1",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main.main(argv) == 0
     assert main.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--epochs", "3"]) == 0
     lrs = [row["lr"] for row in metrics(tmp_path / "run")]
@@ -269,10 +372,32 @@ def test_resume_keeps_the_schedule_beyond_its_end_at_the_floor(data_dir, tmp_pat
 
 def test_the_watched_log_likelihood_reaches_the_visdom_loss_pane(visdom_server, data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main.main(["--epochs", "4", "--batch-size", "64", "--num-images", "16",
-                      "--data-dir", str(data_dir), "--out", str(out), "--likelihood", "bernoulli",
-                      "--watch-every", "2", "--watch-k", "5", "--watch-images", "32",
-                      *visdom_flags(visdom_server, "watch")]) == 0
+    assert (
+        main.main(
+            [
+                "--epochs",
+                "4",
+                "--batch-size",
+                "64",
+                "--num-images",
+                "16",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--likelihood",
+                "bernoulli",
+                "--watch-every",
+                "2",
+                "--watch-k",
+                "5",
+                "--watch-images",
+                "32",
+                *visdom_flags(visdom_server, "watch"),
+            ]
+        )
+        == 0
+    )
     rows = metrics(out)
     assert ["watch_nll" in row for row in rows] == [False, True, False, True]
     traces = windows(visdom_server, "watch")["loss"]["content"]["data"]
@@ -285,10 +410,37 @@ def test_the_watched_log_likelihood_reaches_the_visdom_loss_pane(visdom_server, 
 
 def test_the_plot_tool_draws_the_watched_curve_and_the_final_estimate(data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out), "--likelihood",
-                      "bernoulli", "--watch-every", "1", "--watch-k", "5", "--eval-k", "7"]) == 0
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_watch.py"), str(out),
-                             "--out", str(tmp_path / "nll.png")], capture_output=True, text=True)
+    assert (
+        main.main(
+            [
+                *QUICK,
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--likelihood",
+                "bernoulli",
+                "--watch-every",
+                "1",
+                "--watch-k",
+                "5",
+                "--eval-k",
+                "7",
+            ]
+        )
+        == 0
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "plot_watch.py"),
+            str(out),
+            "--out",
+            str(tmp_path / "nll.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     best = min(row["watch_nll"] for row in metrics(out) if "watch_nll" in row)
     final = metrics(out)[-1]["test_nll"]

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from vae import VAE, importance_weighted_log_likelihood, kl_divergence, log_likelihood_given_z, negative_elbo, reparameterize
+from vae import (
+    VAE,
+    importance_weighted_log_likelihood,
+    kl_divergence,
+    log_likelihood_given_z,
+    negative_elbo,
+    reparameterize,
+)
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -56,13 +63,20 @@ def test_mu_and_logvar_can_be_negative():
 
 def test_a_decoder_started_at_the_mean_image_draws_about_it():
     torch.manual_seed(0)
-    mean_image = (torch.rand(28, 28) * torch.linspace(0, 1, 28)).reshape(784)  # a column of zeros, too
+    mean_image = (torch.rand(28, 28) * torch.linspace(0, 1, 28)).reshape(
+        784
+    )  # a column of zeros, too
     model = VAE()
-    distance = lambda: (torch.sigmoid(model.decode(torch.randn(256, 10))) - mean_image).abs().mean()
+
+    def distance() -> torch.Tensor:
+        return (torch.sigmoid(model.decode(torch.randn(256, 10))) - mean_image).abs().mean()
+
     before = distance()
     model.start_at_mean_image(mean_image.reshape(1, 28, 28))
     assert distance() < before / 3
-    torch.testing.assert_close(torch.sigmoid(model.decoder[-1].bias), mean_image.clamp(1e-3, 1 - 1e-3))
+    torch.testing.assert_close(
+        torch.sigmoid(model.decoder[-1].bias), mean_image.clamp(1e-3, 1 - 1e-3)
+    )
 
 
 def test_architecture_follows_the_flags():
@@ -72,7 +86,9 @@ def test_architecture_follows_the_flags():
     widths = [layer.out_features for layer in model.decoder if isinstance(layer, torch.nn.Linear)]
     assert widths == [200, 200, 784]
     assert isinstance(model.encoder[1], torch.nn.Tanh)
-    assert isinstance(model.encoder[-1], torch.nn.Linear) and isinstance(model.decoder[-1], torch.nn.Linear)
+    assert isinstance(model.encoder[-1], torch.nn.Linear) and isinstance(
+        model.decoder[-1], torch.nn.Linear
+    )
     assert len(VAE(hidden=(32,)).encoder) == 3
 
 
@@ -123,31 +139,58 @@ def small_model_and_data(latent_dim: int, pixels: int = 20) -> tuple[VAE, torch.
 def test_importance_weighted_estimate_with_k1_is_the_elbo_in_expectation():
     model, x = small_model_and_data(latent_dim=3)
     generator = torch.Generator().manual_seed(1)
-    estimates = torch.stack([importance_weighted_log_likelihood(model, x, 1, "bernoulli", generator=generator)
-                             for _ in range(4000)])
+    estimates = torch.stack(
+        [
+            importance_weighted_log_likelihood(model, x, 1, "bernoulli", generator=generator)
+            for _ in range(4000)
+        ]
+    )
     mu, logvar = model.encode(x)
     z = reparameterize(mu.expand(20000, *mu.shape), logvar.expand(20000, *mu.shape))
-    elbo = log_likelihood_given_z(model.decode(z), x, "bernoulli").mean(0) - kl_divergence(mu, logvar)
+    elbo = log_likelihood_given_z(model.decode(z), x, "bernoulli").mean(0) - kl_divergence(
+        mu, logvar
+    )
     torch.testing.assert_close(estimates.mean(0), elbo, atol=0.05, rtol=0)
 
 
 def test_importance_weighted_estimate_rises_with_k():
     model, x = small_model_and_data(latent_dim=3)
     generator = torch.Generator().manual_seed(2)
-    means = [torch.stack([importance_weighted_log_likelihood(model, x, k, "bernoulli", chunk=7, generator=generator)
-                          for _ in range(200)]).mean().item() for k in (1, 10, 100)]
+    means = [
+        torch.stack(
+            [
+                importance_weighted_log_likelihood(
+                    model, x, k, "bernoulli", chunk=7, generator=generator
+                )
+                for _ in range(200)
+            ]
+        )
+        .mean()
+        .item()
+        for k in (1, 10, 100)
+    ]
     assert means[0] < means[1] < means[2]
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_importance_weighted_estimate_converges_to_the_exact_likelihood_with_a_1d_latent(likelihood):
+def test_importance_weighted_estimate_converges_to_the_exact_likelihood_with_a_1d_latent(
+    likelihood,
+):
     model, x = small_model_and_data(latent_dim=1, pixels=100)
     z = torch.linspace(-12, 12, 48001)[:, None, None].expand(-1, x.shape[0], 1)  # [grid, B, 1]
-    log_joint = log_likelihood_given_z(model.decode(z), x, likelihood) + torch.distributions.Normal(0.0, 1.0).log_prob(z[..., 0])
+    log_joint = log_likelihood_given_z(model.decode(z), x, likelihood) + torch.distributions.Normal(
+        0.0, 1.0
+    ).log_prob(z[..., 0])
     exact = torch.logsumexp(log_joint, dim=0) + math.log(24 / 48000)
     generator = torch.Generator().manual_seed(3)
-    k1 = torch.stack([importance_weighted_log_likelihood(model, x, 1, likelihood, generator=generator)
-                      for _ in range(100)]).mean(0)
-    k5000 = importance_weighted_log_likelihood(model, x, 5000, likelihood, chunk=333, generator=generator)
+    k1 = torch.stack(
+        [
+            importance_weighted_log_likelihood(model, x, 1, likelihood, generator=generator)
+            for _ in range(100)
+        ]
+    ).mean(0)
+    k5000 = importance_weighted_log_likelihood(
+        model, x, 5000, likelihood, chunk=333, generator=generator
+    )
     torch.testing.assert_close(k5000, exact, atol=0.05, rtol=0)
     assert (k5000 - exact).abs().mean() < 0.3 * (exact - k1).mean()  # far closer than the ELBO

@@ -1,4 +1,4 @@
-"""Viewing against real Visdom servers on 127.0.0.1: windows, a lost server, a hung server, log replay."""
+"""Against real Visdom servers on 127.0.0.1: windows, a lost server, a hung server, log replay."""
 
 import base64
 import io
@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 from PIL import Image
 
@@ -37,8 +36,10 @@ def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -
     for name in ("originals", "reconstructions", "samples"):
         assert image_size(shown[name]) == (side, side), name
     # One row per active dimension (these tiny runs have some, and at most the 10 there are).
-    assert re.fullmatch(rf"traversal: {active} of 10 dims active, -3\.\.3, epoch {epochs}",
-                        shown["traversal"]["title"]), shown["traversal"]["title"]
+    assert re.fullmatch(
+        rf"traversal: {active} of 10 dims active, -3\.\.3, epoch {epochs}",
+        shown["traversal"]["title"],
+    ), shown["traversal"]["title"]
     assert 0 < active and image_size(shown["traversal"]) == (2 + 10 * 30, 2 + active * 30)
     assert shown["originals"]["title"] == "test images (fixed)"
     assert shown["reconstructions"]["title"] == f"reconstructions, epoch {epochs}"
@@ -47,29 +48,80 @@ def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -
 
 
 def visdom_flags(server: VisdomServer, env: str) -> list[str]:
-    return ["--visdom-server", "http://127.0.0.1", "--visdom-port", str(server.port), "--visdom-env", env]
+    return [
+        "--visdom-server",
+        "http://127.0.0.1",
+        "--visdom-port",
+        str(server.port),
+        "--visdom-env",
+        env,
+    ]
 
 
 def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
     out = tmp_path / "run"
-    code = main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
-                      "--out", str(out), *visdom_flags(visdom_server, "e2e")])
+    code = main.main(
+        [
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--num-images",
+            "16",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            *visdom_flags(visdom_server, "e2e"),
+        ]
+    )
     assert code == 0
     check_windows(windows(visdom_server, "e2e"), epochs=2, active=active_units(out))
     # A resumed run continues the plot; a new run in the same env starts it afresh.
     assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3"]) == 0
     check_windows(windows(visdom_server, "e2e"), epochs=3, active=active_units(out))
-    assert main.main(["--epochs", "1", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
-                      "--out", str(tmp_path / "new"), *visdom_flags(visdom_server, "e2e")]) == 0
+    assert (
+        main.main(
+            [
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--num-images",
+                "16",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "new"),
+                *visdom_flags(visdom_server, "e2e"),
+            ]
+        )
+        == 0
+    )
     check_windows(windows(visdom_server, "e2e"), epochs=1, active=active_units(tmp_path / "new"))
 
 
 def test_no_server_trains_and_writes_pngs(data_dir, tmp_path):
     out = tmp_path / "run"
-    result = run_main("--epochs", "2", "--batch-size", "64", "--data-dir", str(data_dir), "--out", str(out),
-                      "--visdom-server", "http://127.0.0.1", "--visdom-port", str(free_port()), timeout=120)
+    result = run_main(
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--visdom-server",
+        "http://127.0.0.1",
+        "--visdom-port",
+        str(free_port()),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    assert "No Visdom server answers" in result.stdout and "python -m visdom.server" in result.stdout
+    assert (
+        "No Visdom server answers" in result.stdout and "python -m visdom.server" in result.stdout
+    )
     assert all((out / f"{name}.png").exists() for name in WINDOWS)
     assert "Traceback" not in result.stderr
 
@@ -79,9 +131,25 @@ def test_a_server_that_never_answers_does_not_stall_training(data_dir, tmp_path)
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         out = tmp_path / "run"
-        result = run_main("--epochs", "3", "--batch-size", "64", "--data-dir", str(data_dir), "--out", str(out),
-                          "--visdom-server", "http://127.0.0.1", "--visdom-port", str(silent.getsockname()[1]),
-                          "--visdom-timeout", "1", "--visdom-retry", "0", timeout=120)
+        result = run_main(
+            "--epochs",
+            "3",
+            "--batch-size",
+            "64",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--visdom-server",
+            "http://127.0.0.1",
+            "--visdom-port",
+            str(silent.getsockname()[1]),
+            "--visdom-timeout",
+            "1",
+            "--visdom-retry",
+            "0",
+            timeout=120,
+        )
     assert result.returncode == 0, result.stderr
     assert "No Visdom server answers" in result.stdout
     assert [row["epoch"] for row in metrics(out)] == [1, 2, 3]
@@ -90,15 +158,48 @@ def test_a_server_that_never_answers_does_not_stall_training(data_dir, tmp_path)
 
 def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
     log = tmp_path / "visdom.log"
-    assert main.main(["--epochs", "2", "--batch-size", "64", "--num-images", "16", "--data-dir", str(data_dir),
-                      "--out", str(tmp_path / "run"), "--no-visdom", "--visdom-env", "replayed", "--visdom-log", str(log)]) == 0
+    assert (
+        main.main(
+            [
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--num-images",
+                "16",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-visdom",
+                "--visdom-env",
+                "replayed",
+                "--visdom-log",
+                str(log),
+            ]
+        )
+        == 0
+    )
     assert windows(visdom_server, "replayed") == {}
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "replay_visdom_log.py"), str(log),
-                             "--server", "http://127.0.0.1", "--port", str(visdom_server.port)],
-                            capture_output=True, text=True, timeout=60, env={**OFFLINE_ENV, "PATH": ""})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "replay_visdom_log.py"),
+            str(log),
+            "--server",
+            "http://127.0.0.1",
+            "--port",
+            str(visdom_server.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**OFFLINE_ENV, "PATH": ""},
+    )
     assert result.returncode == 0, result.stderr
-    check_windows(windows(visdom_server, "replayed"), epochs=2,
-                  active=active_units(tmp_path / "run"))
+    check_windows(
+        windows(visdom_server, "replayed"), epochs=2, active=active_units(tmp_path / "run")
+    )
 
 
 def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path):
@@ -107,22 +208,53 @@ def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path)
     server.start()
     out = tmp_path / "run"
     run = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--epochs", "100000", "--batch-size", "32", "--num-images", "16",
-         "--data-dir", str(data_dir), "--out", str(out), *visdom_flags(server, "restart"), "--visdom-retry", "0",
-         "--visdom-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**OFFLINE_ENV, "PATH": ""})
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--epochs",
+            "100000",
+            "--batch-size",
+            "32",
+            "--num-images",
+            "16",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            *visdom_flags(server, "restart"),
+            "--visdom-retry",
+            "0",
+            "--visdom-timeout",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**OFFLINE_ENV, "PATH": ""},
+    )
 
     def epochs_done() -> int:
         path = out / "metrics.jsonl"
         return len(path.read_text().splitlines()) if path.exists() else 0
 
     try:
-        wait_for(lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"), "the first windows", run)
+        wait_for(
+            lambda: epochs_done() >= 2 and "loss" in windows(server, "restart"),
+            "the first windows",
+            run,
+        )
         server.stop()
         killed_at = epochs_done()
-        wait_for(lambda: epochs_done() >= killed_at + 3, "training to go on without the server", run)
+        wait_for(
+            lambda: epochs_done() >= killed_at + 3, "training to go on without the server", run
+        )
         (out / "reconstructions.png").unlink()
-        wait_for(lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down", run)
-        server = VisdomServer(tmp_path / "env2", port=server.port)  # a new server, empty, on the same port
+        wait_for(
+            lambda: (out / "reconstructions.png").exists(), "PNGs while the server is down", run
+        )
+        server = VisdomServer(
+            tmp_path / "env2", port=server.port
+        )  # a new server, empty, on the same port
         server.env_path.mkdir()
         server.start()
         wait_for(lambda: "loss" in windows(server, "restart"), "the windows to come back", run)

@@ -21,8 +21,11 @@ def curves(run: Path) -> tuple[list[tuple[float, float]], list[tuple[float, floa
     rows = read_metrics(run / "metrics.jsonl")
     minutes = {row["epoch"]: row["elapsed_seconds"] / 60 for row in rows if "train_loss" in row}
     watched = [(minutes[row["epoch"]], row["watch_nll"]) for row in rows if "watch_nll" in row]
-    evaluated = [(minutes[row["epoch"]], row["test_nll"], row["k"]) for row in rows
-                 if row.get("evaluation") and row["epoch"] in minutes]
+    evaluated = [
+        (minutes[row["epoch"]], row["test_nll"], row["k"])
+        for row in rows
+        if row.get("evaluation") and row["epoch"] in minutes
+    ]
     return watched, evaluated
 
 
@@ -30,8 +33,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
     parser.add_argument("--out", default="nll_vs_minutes.png", help="the PNG to write")
-    parser.add_argument("--minutes", type=float, nargs="+", default=[30, 60],
-                        help="budgets for the printed bests (default: 30 60)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        nargs="+",
+        default=[30, 60],
+        help="budgets for the printed bests (default: 30 60)",
+    )
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -48,10 +56,15 @@ def main(argv: list[str]) -> int:
         for budget in args.minutes:
             best = min((nll for minute, nll in watched if minute <= budget), default=None)
             final = [f"{nll:.2f} (k={k})" for minute, nll, k in evaluated if minute <= budget]
-            print(f"{run}: within {budget:g} min, best watched {best and f'{best:.2f}'}; "
-                  f"evaluated {', '.join(final) or 'none'}")
-    axes.set(xlabel="training minutes (elapsed_seconds)", ylabel="test −log p(x), nats",
-             title="test negative log-likelihood against training time")
+            print(
+                f"{run}: within {budget:g} min, best watched {best and f'{best:.2f}'}; "
+                f"evaluated {', '.join(final) or 'none'}"
+            )
+    axes.set(
+        xlabel="training minutes (elapsed_seconds)",
+        ylabel="test −log p(x), nats",
+        title="test negative log-likelihood against training time",
+    )
     axes.grid(alpha=0.3)
     axes.legend()
     figure.savefig(args.out, dpi=120, bbox_inches="tight")

@@ -1,4 +1,4 @@
-"""Open a Visdom page in headless Chromium (Debian's chromium and chromium-driver) and save a screenshot.
+"""Open a Visdom page in headless Chromium (Debian's chromium, chromium-driver); save a screenshot.
 
     python tools/screenshot_visdom.py http://localhost:8097/env/main docs/visdom.png
 
@@ -11,20 +11,30 @@ import sys
 import tempfile
 import time
 
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1600,1100"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1600,1100",
+]
 # Every pane's text (title included), its loaded images' pixel sizes, its plot traces (name, x),
 # and the number of its input fields (a properties pane's values).
 PANES = """return Array.from(document.querySelectorAll('.react-grid-item')).map(pane => ({
     text: pane.innerText,
     inputs: pane.querySelectorAll('input').length,
-    images: Array.from(pane.querySelectorAll('img')).filter(i => i.complete).map(i => [i.naturalWidth, i.naturalHeight]),
-    traces: Array.from(pane.querySelectorAll('.js-plotly-plot')).flatMap(p => p.data.map(t => [t.name, Array.from(t.x)])),
+    images: Array.from(pane.querySelectorAll('img')).filter(i => i.complete)
+        .map(i => [i.naturalWidth, i.naturalHeight]),
+    traces: Array.from(pane.querySelectorAll('.js-plotly-plot'))
+        .flatMap(p => p.data.map(t => [t.name, Array.from(t.x)])),
 }))"""
 
 
 def chromium(profile_dir: str):
-    """A headless Chromium driven by chromedriver, both from PATH; RuntimeError if they cannot start."""
+    """Headless Chromium driven by chromedriver, both from PATH; RuntimeError if either fails."""
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
@@ -32,7 +42,9 @@ def chromium(profile_dir: str):
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not binary or not driver_path:
-        raise RuntimeError("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+        raise RuntimeError(
+            "Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in [*CHROME_FLAGS, f"--user-data-dir={profile_dir}"]:
@@ -53,11 +65,17 @@ def wait_for_panes(driver, ready, seconds: float = 30) -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("url", help="the Visdom page, e.g. http://localhost:8097/env/main")
     parser.add_argument("png", help="where to write the screenshot")
-    parser.add_argument("--panes", type=int, default=6,
-                        help="wait until this many panes have content (default: %(default)s)")
+    parser.add_argument(
+        "--panes",
+        type=int,
+        default=6,
+        help="wait until this many panes have content (default: %(default)s)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as profile:
         try:
@@ -67,8 +85,13 @@ def main() -> int:
             return 1
         try:
             driver.get(args.url)
-            panes = wait_for_panes(driver, lambda panes: len(panes) >= args.panes and all(
-                p["images"] or p["traces"] or p["inputs"] for p in panes))
+            panes = wait_for_panes(
+                driver,
+                lambda panes: (
+                    len(panes) >= args.panes
+                    and all(p["images"] or p["traces"] or p["inputs"] for p in panes)
+                ),
+            )
             driver.save_screenshot(args.png)
         finally:
             driver.quit()

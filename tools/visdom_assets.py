@@ -15,9 +15,14 @@ import tempfile
 from pathlib import Path
 
 MATHJAX = [
-    "MathJax.js", "config/Safe.js", "config/TeX-AMS-MML_HTMLorMML.js", "extensions/Safe.js",
-    "jax/output/SVG/fonts/TeX/fontdata.js", "jax/output/SVG/jax.js",
-    "jax/output/SVG/fonts/TeX/Size1/Regular/Main.js", "jax/output/SVG/config.js",
+    "MathJax.js",
+    "config/Safe.js",
+    "config/TeX-AMS-MML_HTMLorMML.js",
+    "extensions/Safe.js",
+    "jax/output/SVG/fonts/TeX/fontdata.js",
+    "jax/output/SVG/jax.js",
+    "jax/output/SVG/fonts/TeX/Size1/Regular/Main.js",
+    "jax/output/SVG/config.js",
 ]
 GLYPHS = "dist/fonts/glyphicons-halflings-regular"
 # package@version → {path in the package: path under visdom/static}
@@ -63,14 +68,22 @@ def install(static: Path) -> None:
 
     npm = shutil.which("npm")
     if npm is None:
-        print("npm is not installed, so the Visdom assets were not put in place: with internet, "
-              "`python -m visdom.server` downloads them itself at its first start; without, install Node.js "
-              "(it brings npm) and run this again")
+        print(
+            "npm is not installed, so the Visdom assets were not put in place: with internet, "
+            "`python -m visdom.server` downloads them itself at its first start; "
+            "without, install Node.js "
+            "(it brings npm) and run this again"
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run([npm, "pack", "--silent", *ASSETS], cwd=tmp, capture_output=True, text=True)
+        result = subprocess.run(
+            [npm, "pack", "--silent", *ASSETS], cwd=tmp, capture_output=True, text=True
+        )
         if result.returncode != 0:
-            sys.exit(f"error: `npm pack` failed: {result.stderr.strip().splitlines()[-1:]}: check that npm reaches its registry")
+            sys.exit(
+                f"error: `npm pack` failed: {result.stderr.strip().splitlines()[-1:]}: "
+                "check that npm reaches its registry"
+            )
         for package, files in ASSETS.items():
             name, version = package.rsplit("@", 1)
             with tarfile.open(Path(tmp) / f"{name.replace('/', '-')}-{version}.tgz") as archive:
@@ -80,7 +93,10 @@ def install(static: Path) -> None:
                     destination.write_bytes(archive.extractfile(f"package/{source}").read())
     (static / "version.built").write_text(visdom.__version__)
     count = sum(len(files) for files in ASSETS.values())
-    print(f"visdom {visdom.__version__}: {count} asset files from {len(ASSETS)} npm packages are in {static}")
+    print(
+        f"visdom {visdom.__version__}: {count} asset files from {len(ASSETS)} npm packages "
+        f"are in {static}"
+    )
 
 
 if __name__ == "__main__":
