@@ -142,70 +142,85 @@ def serve(explorer: Explorer, client, events: "queue.Queue[dict]", server: str) 
         return 1
 
 
+class ExploreError(Exception):
+    """A problem the user can fix; the message says how, `code` is the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def main(argv: list[str]) -> int:
     """Run the explorer until Ctrl-C (exit 0) or an error (its one line, exit 1 or 2)."""
     try:
         return explore(build_parser().parse_args(argv))
+    except ExploreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.code
     except KeyboardInterrupt:
         print("\nexplorer stopped (Ctrl-C)")
         return 0
 
 
-def explore(args: argparse.Namespace) -> int:
+def load(args: argparse.Namespace) -> tuple[VAE, torch.Tensor]:
+    """The checkpoint's model and the latent means of the first test images."""
     try:
         checkpoint = load_checkpoint(args.checkpoint)
         model = load_model(checkpoint)
     except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise ExploreError(str(error), 2) from None
     saved = checkpoint["args"]
     try:
         images = load_images(saved["dataset"], args.data_dir or saved["data_dir"], train=False)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    means = latent_means(
-        model, to_test_pixels(images[:MAP_IMAGES], torch.device("cpu"), saved["binarize"])
-    )
-    server = f"{args.visdom_server}:{args.visdom_port}"
+        raise ExploreError(str(error), 1) from None
+    pixels = to_test_pixels(images[:MAP_IMAGES], torch.device("cpu"), saved["binarize"])
+    return model, latent_means(model, pixels)
+
+
+def connect(args: argparse.Namespace, server: str):
+    """A client of the server at `server` with its event socket open."""
+
+    def client(events: bool):
+        return visdom_client(
+            args.visdom_server,
+            args.visdom_port,
+            args.visdom_env,
+            args.visdom_timeout,
+            use_incoming_socket=events,
+        )
+
     try:
-        probe = visdom_client(
-            args.visdom_server,
-            args.visdom_port,
-            args.visdom_env,
-            args.visdom_timeout,
-            use_incoming_socket=False,
-        )
-        probe.get_env_list()
-        client = visdom_client(
-            args.visdom_server,
-            args.visdom_port,
-            args.visdom_env,
-            args.visdom_timeout,
-            use_incoming_socket=True,
-        )
+        client(events=False).get_env_list()  # answers at once, or not at all
+        events_client = client(events=True)
     except (OSError, ValueError):
-        print(
-            f"error: no Visdom server answers at {server}: start one with `{START_SERVER}` "
-            "and run explore.py again",
-            file=sys.stderr,
+        raise ExploreError(
+            f"no Visdom server answers at {server}: start one with "
+            f"`{START_SERVER}` and run explore.py again",
+            1,
+        ) from None
+    if not events_client.socket_alive:
+        raise ExploreError(
+            f"the Visdom server at {server} answers but its event socket does "
+            "not: restart it and run explore.py again",
+            1,
         )
-        return 1
-    if not client.socket_alive:
-        print(
-            f"error: the Visdom server at {server} answers but its event socket does not: "
-            "restart it and run explore.py again",
-            file=sys.stderr,
-        )
-        return 1
+    return events_client
+
+
+def explore(args: argparse.Namespace) -> int:
+    """Show the panes and redraw on every value set, until the server goes away."""
+    model, means = load(args)
+    server = f"{args.visdom_server}:{args.visdom_port}"
+    client = connect(args, server)
     explorer = Explorer(model, means, client)
     if not explorer.dims:
-        print(
-            f"no latent dimension of this model is active (0 of {explorer.latent_dim}): every "
-            "code decodes to about the same image, there is nothing to explore",
-            file=sys.stderr,
+        raise ExploreError(
+            f"no latent dimension of this model is active (0 of "
+            f"{explorer.latent_dim}): every code decodes to about the same "
+            "image, there is nothing to explore",
+            1,
         )
-        return 1
     events: queue.Queue[dict] = queue.Queue()
     client.register_event_handler(
         lambda event: events.put(event) if event.get("event_type") == "PropertyUpdate" else None,

@@ -501,9 +501,16 @@ def train_epochs(run: Run) -> None:
         # an epoch of training, timed
         tick = time.perf_counter()
         train_loss = train_epoch(
-            model, loss_fn, run.optimizer, run.data.train, args, epoch, run.device, run.threads,
+            model,
+            loss_fn,
+            run.optimizer,
+            run.data.train,
+            args,
+            epoch,
+            run.device,
+            run.threads,
             lr_at,
-        )  # fmt: skip
+        )
         seconds = time.perf_counter() - tick
         # the test set: loss, active latent dimensions, and (now and then) −log p(x)
         means = latent_means(model, run.data.test[:MAP_IMAGES])  # the map's points
@@ -576,9 +583,14 @@ def start_run(args: Namespace, checkpoint: dict | None, device: torch.device) ->
         model.start_at_mean_image(data.train.mean(0))
     server = None if args.no_visdom else args.visdom_server
     viewer = Viewer(
-        out, server, args.visdom_port, args.visdom_env, args.visdom_timeout, args.visdom_retry,
+        out,
+        server,
+        args.visdom_port,
+        args.visdom_env,
+        args.visdom_timeout,
+        args.visdom_retry,
         args.visdom_log,
-    )  # fmt: skip
+    )
     threads = ThreadTuner.for_run(args.threads, device, announce=tqdm.write)
     history = checkpoint["history"] if checkpoint else []
     span = checkpoint["lr_schedule"] if checkpoint else {"start": 0, "end": args.epochs}
@@ -598,8 +610,10 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
     except NonFiniteLoss as error:
         kept = f"{out / 'checkpoint.pt'} keeps epoch {len(run.history)}"
         kept = kept if run.history else "no checkpoint was written"
-        print(f"error: {error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size",
+            file=sys.stderr,
+        )
         return 1
     if args.eval_k:
         row = log_likelihood(run.model, run.data.test, args, args.eval_k, len(run.history))

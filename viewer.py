@@ -131,28 +131,39 @@ class Viewer:
         latent: LatentMap | None = None,
     ) -> None:
         """Write each grid (name → (uint8 image, title)) as PNG, and the latent map as
-        latent_map.png; then send them, the loss plot (train and test loss, and the watched
-        −log p(x) where history has it) and the active units per epoch."""
+        latent_map.png; then send them, the loss plot and the active units per epoch."""
         save_pngs(self.out, grids)
         if latent is not None:
             save_pngs(self.out, {"latent_map": (map_image(latent), latent.title)})
         if self.client is None:
             return
-        if (
-            self.server
-            and self.client.offline
-            and time.monotonic() - self.lost_at >= self.retry_seconds
-        ):
-            if self._probe():
-                print(f"Visdom server at {self.server} answers again: sending the windows there")
+        lost_long_enough = time.monotonic() - self.lost_at >= self.retry_seconds
+        if self.server and self.client.offline and lost_long_enough and self._probe():
+            print(f"Visdom server at {self.server} answers again: sending the windows there")
         for name, (image, title) in grids.items():
             height, width = image.shape[1:]  # pane size: the image plus the title bar
+            opts = dict(title=title, width=width + 20, height=height + 60)
+            self._send("image", image.numpy(), win=name, opts=opts)
+        self._send_losses(history)
+        if latent is not None:
+            self._send_map(latent)
+        counted = [row for row in history if "active_units" in row]  # older runs lack it
+        if counted:
             self._send(
-                "image",
-                image.numpy(),
-                win=name,
-                opts=dict(title=title, width=width + 20, height=height + 60),
+                "line",
+                np.array([row["active_units"] for row in counted]),
+                np.array([row["epoch"] for row in counted]),
+                win="active_units",
+                opts={
+                    "title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
+                    "xlabel": "epoch",
+                    "ylabel": "active dimensions",
+                    "ytickstep": 1,
+                },
             )
+
+    def _send_losses(self, history: list[dict]) -> None:
+        """The loss pane: train and test loss per epoch, and the watched −log p(x) if any."""
         self._send(
             "line",
             np.array([[row["train_loss"], row["test_loss"]] for row in history]),
@@ -174,22 +185,6 @@ class Viewer:
                 win="loss",
                 update="append",
                 name=watch_name(watched[-1]),
-            )
-        if latent is not None:
-            self._send_map(latent)
-        counted = [row for row in history if "active_units" in row]  # older runs lack it
-        if counted:
-            self._send(
-                "line",
-                np.array([row["active_units"] for row in counted]),
-                np.array([row["epoch"] for row in counted]),
-                win="active_units",
-                opts={
-                    "title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
-                    "xlabel": "epoch",
-                    "ylabel": "active dimensions",
-                    "ytickstep": 1,
-                },
             )
 
     def _send_map(self, latent: LatentMap) -> None:

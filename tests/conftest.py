@@ -17,8 +17,9 @@ sys.path.insert(0, str(ROOT))
 from data import idx_bytes  # noqa: E402  (also imported from here by test_faults.py)
 
 N_TRAIN, N_TEST = 512, 128
-# A short run of main.py on the tiny data, without Visdom.
-QUICK = ["--epochs", "2", "--batch-size", "64", "--no-visdom", "--num-images", "16"]
+# A short run of main.py on the tiny data; QUICK without Visdom.
+SHORT = ["--epochs", "2", "--batch-size", "64", "--num-images", "16"]
+QUICK = [*SHORT, "--no-visdom"]
 # Any download attempt goes to a closed loopback port: tests never send traffic off this machine.
 OFFLINE_ENV = {
     "http_proxy": "http://127.0.0.1:9",
@@ -198,12 +199,7 @@ def trained_run(data_dir, tmp_path_factory) -> Path:
     assert (
         main.main(
             [
-                "--epochs",
-                "2",
-                "--batch-size",
-                "64",
-                "--num-images",
-                "16",
+                *SHORT,
                 "--data-dir",
                 str(data_dir),
                 "--out",

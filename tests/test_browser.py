@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import main
-from conftest import ROOT, start_explorer, wait_for
+from conftest import ROOT, SHORT, start_explorer, wait_for
 from explore import IMAGE_WINDOW
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -60,12 +60,7 @@ def test_the_page_shows_the_grids_and_the_loss_plot(visdom_server, browser, data
     assert (
         main.main(
             [
-                "--epochs",
-                "2",
-                "--batch-size",
-                "64",
-                "--num-images",
-                "16",
+                *SHORT,
                 "--data-dir",
                 str(data_dir),
                 "--out",

@@ -12,7 +12,7 @@ import sys
 from PIL import Image
 
 import main
-from conftest import OFFLINE_ENV, ROOT, VisdomServer, free_port, metrics, run_main, wait_for
+from conftest import OFFLINE_ENV, ROOT, SHORT, VisdomServer, free_port, metrics, run_main, wait_for
 
 WINDOWS = ("originals", "reconstructions", "samples", "traversal", "interpolation")
 
@@ -62,12 +62,7 @@ def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
     out = tmp_path / "run"
     code = main.main(
         [
-            "--epochs",
-            "2",
-            "--batch-size",
-            "64",
-            "--num-images",
-            "16",
+            *SHORT,
             "--data-dir",
             str(data_dir),
             "--out",
@@ -161,12 +156,7 @@ def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
     assert (
         main.main(
             [
-                "--epochs",
-                "2",
-                "--batch-size",
-                "64",
-                "--num-images",
-                "16",
+                *SHORT,
                 "--data-dir",
                 str(data_dir),
                 "--out",
