@@ -1,6 +1,6 @@
 """Open a Visdom page in headless Chromium (Debian's chromium, chromium-driver); save a screenshot.
 
-    python tools/screenshot_visdom.py http://localhost:8097/env/main docs/visdom.png
+    python tools/screenshot_visdom.py http://localhost:8097/env/main docs/latent.png
 
 tests/test_browser.py drives the browser through the same functions.
 """
