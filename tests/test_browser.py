@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import main
-from conftest import ROOT, SHORT, start_explorer, wait_for
+from conftest import ROOT, SHORT, metrics, start_explorer, wait_for
 from explore import IMAGE_WINDOW
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -75,8 +75,7 @@ def test_the_page_shows_the_grids_and_the_loss_plot(visdom_server, browser, data
         )
         == 0
     )
-    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    expected = expected_images(json.loads(metrics[-1])["active_units"])
+    expected = expected_images(metrics(tmp_path / "run")[-1]["active_units"])
 
     def ready(panes: list[dict]) -> bool:
         images, plots = shown(panes, expected)

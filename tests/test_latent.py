@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, ROOT, free_port, run_main, start_explorer, wait_for
+from conftest import OFFLINE_ENV, ROOT, free_port, metrics, run_main, start_explorer, wait_for
 from data import class_names, load_images, to_test_pixels
 from explore import IMAGE_WINDOW
 from latent import ACTIVE_THRESHOLD, Activity, active_units, latent_map, latent_means, project_2d
@@ -116,7 +116,7 @@ def test_metrics_and_the_epoch_line_count_the_active_units(data_dir, tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert [type(row["active_units"]) for row in rows] == [int, int]
     for row in rows:
         assert f"epoch {row['epoch']}/2: " in result.stdout

@@ -28,7 +28,7 @@ def image_size(window: dict) -> tuple[int, int]:
 
 def active_units(out) -> int:
     """The active units of the last epoch in a run folder's metrics.jsonl."""
-    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["active_units"]
+    return metrics(out)[-1]["active_units"]
 
 
 def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -> None:
