@@ -137,14 +137,16 @@ def _checked_split(dataset: str, root: str | Path, train: bool) -> datasets.Visi
     return DATASETS[dataset](str(root), train=train, download=False)
 
 
+def load_split(dataset: str, root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's images, uint8 [N, 28, 28], and labels, int64 [N] class indices (see
+    class_names), downloading the files if none are there."""
+    split = _checked_split(dataset, root, train)
+    return split.data, split.targets
+
+
 def load_images(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
     """One split's images as a uint8 tensor [N, 28, 28], downloading the files if none are there."""
-    return _checked_split(dataset, root, train).data
-
-
-def load_labels(dataset: str, root: str | Path, train: bool) -> torch.Tensor:
-    """One split's labels as an int64 tensor [N] of class indices (see class_names)."""
-    return _checked_split(dataset, root, train).targets
+    return load_split(dataset, root, train)[0]
 
 
 def class_names(dataset: str) -> list[str]:

@@ -42,7 +42,7 @@ from data import (  # noqa: E402
     DataError,
     class_names,
     load_images,
-    load_labels,
+    load_split,
     to_pixels,
     to_test_pixels,
 )
@@ -50,6 +50,7 @@ from latent import MAP_IMAGES, active_units, latent_map, latent_means  # noqa: E
 from threads import ThreadTuner  # noqa: E402
 from vae import (  # noqa: E402
     GAUSSIAN_LOG_NORMALIZER,
+    GAUSSIAN_VARIANCE,
     VAE,
     importance_weighted_log_likelihood,
     kl_divergence,
@@ -232,12 +233,11 @@ class Data(NamedTuple):
 def load_data(args: Namespace, device: torch.device, train: bool = True) -> Data:
     """The test split (binarized once, seeded, when the run binarizes), and the training split."""
     images = load_images(args.dataset, args.data_dir, train=True) if train else None
+    test_images, test_labels = load_split(args.dataset, args.data_dir, train=False)
     return Data(
         to_pixels(images, device, args.binarize, seed=args.seed) if train else None,
-        to_test_pixels(
-            load_images(args.dataset, args.data_dir, train=False), device, args.binarize
-        ),
-        load_labels(args.dataset, args.data_dir, train=False)[:MAP_IMAGES],
+        to_test_pixels(test_images, device, args.binarize),
+        test_labels[:MAP_IMAGES],
     )
 
 
@@ -341,24 +341,29 @@ def evaluate(model, pixels, args, batch: int = 5000) -> dict:
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def mean_log_likelihood(model, pixels, args, k: int, progress: str | None = None) -> float:
+    """Importance-weighted log p(x) with k samples, averaged over `pixels`, the same ε every call
+    (seeded); with a progress bar titled `progress`."""
+    model.eval()
+    generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
+    batches, total = pixels.split(100), 0.0
+    for x in tqdm(batches, desc=progress, unit="batch", mininterval=5, disable=progress is None):
+        log_p = importance_weighted_log_likelihood(
+            model, x, k, args.likelihood, chunk=500, generator=generator
+        )
+        total += log_p.sum().item()
+    return total / pixels.shape[0]
+
+
 def watch_estimate(model, test, args, epoch: int) -> dict:
     """Every --watch-every epochs, −log p(x) with k = --watch-k on the first --watch-images test
-    images, the same ε each time (seeded): a cheap view of the log-likelihood; else nothing."""
+    images: a cheap view of the log-likelihood; else nothing."""
     if not args.watch_every or epoch % args.watch_every:
         return {}
-    model.eval()
-    generator = torch.Generator(device=test.device).manual_seed(args.seed)
-    images, total = test[: args.watch_images], 0.0
-    for x in images.split(100):
-        total += (
-            importance_weighted_log_likelihood(
-                model, x, args.watch_k, args.likelihood, chunk=500, generator=generator
-            )
-            .sum()
-            .item()
-        )
+    images = test[: args.watch_images]
     return {
-        "watch_nll": -total / images.shape[0],
+        "watch_nll": -mean_log_likelihood(model, images, args, args.watch_k),
         "watch_k": args.watch_k,
         "watch_images": images.shape[0],
     }
@@ -376,21 +381,10 @@ def density_note(args: Namespace) -> str:
     )
 
 
-@torch.inference_mode()
 def log_likelihood(model, pixels, args, k: int, epoch: int) -> dict:
-    """Importance-weighted log p(x) with k samples, averaged over the split, with a progress bar."""
-    model.eval()
-    generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
-    batch, total, start = 100, 0.0, time.perf_counter()
-    for x in tqdm(pixels.split(batch), desc=f"log-likelihood, k={k}", unit="batch", mininterval=5):
-        total += (
-            importance_weighted_log_likelihood(
-                model, x, k, args.likelihood, chunk=max(1, 50_000 // batch), generator=generator
-            )
-            .sum()
-            .item()
-        )
-    mean = total / pixels.shape[0]
+    """Importance-weighted log p(x) with k samples on a split: printed, and a metrics row."""
+    start = time.perf_counter()
+    mean = mean_log_likelihood(model, pixels, args, k, progress=f"log-likelihood, k={k}")
     print(
         f"test log-likelihood (importance-weighted, k={k}, epoch {epoch}): {mean:.2f} nats per "
         f"image; negative: {-mean:.2f}. Of {density_note(args)}"
@@ -402,7 +396,7 @@ def log_likelihood(model, pixels, args, k: int, epoch: int) -> dict:
         "test_log_likelihood": mean,
         "test_nll": -mean,
         "likelihood": args.likelihood,
-        "decoder_variance": 0.5 if args.likelihood == "gaussian" else None,
+        "decoder_variance": GAUSSIAN_VARIANCE if args.likelihood == "gaussian" else None,
         "eval_seconds": time.perf_counter() - start,
     }
 
@@ -496,6 +490,8 @@ def train_epochs(run: Run) -> None:
     loss_fn = loss_function(args)
     scheduled = args.lr_schedule != "constant" or args.warmup_epochs
     lr_at = functools.partial(scheduled_lr, args, run.span) if scheduled else None
+    images, z, nrow = fixed_inputs(args, run.data.test, run.device)
+    names = class_names(args.dataset)
     start = time.perf_counter() - (run.history[-1]["elapsed_seconds"] if run.history else 0.0)
     for epoch in range(len(run.history) + 1, args.epochs + 1):
         # an epoch of training, timed
@@ -528,11 +524,10 @@ def train_epochs(run: Run) -> None:
         # save, report, show
         save_epoch(run, row)
         print(epoch_line(args, row))
-        images, z, nrow = fixed_inputs(args, run.data.test, run.device)
         run.viewer.show(
             figures(model.eval(), images, z, epoch, nrow, activity),
             run.history,
-            latent_map(means, run.data.map_labels, class_names(args.dataset), activity, epoch),
+            latent_map(means, run.data.map_labels, names, activity, epoch),
         )
 
 
