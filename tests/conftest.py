@@ -160,6 +160,18 @@ class VisdomServer:
         )
 
 
+def visdom_flags(server: VisdomServer, env: str) -> list[str]:
+    """The flags of main.py and explore.py that point them at `server`, in environment `env`."""
+    return [
+        "--visdom-server",
+        "http://127.0.0.1",
+        "--visdom-port",
+        str(server.port),
+        "--visdom-env",
+        env,
+    ]
+
+
 @pytest.fixture
 def visdom_server(tmp_path):
     server = VisdomServer(tmp_path / "visdom_env")
@@ -219,12 +231,7 @@ def start_explorer(checkpoint: Path, server: VisdomServer, env: str) -> subproce
             sys.executable,
             str(ROOT / "explore.py"),
             str(checkpoint),
-            "--visdom-server",
-            "http://127.0.0.1",
-            "--visdom-port",
-            str(server.port),
-            "--visdom-env",
-            env,
+            *visdom_flags(server, env),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import main
-from conftest import ROOT, SHORT, metrics, start_explorer, wait_for
+from conftest import ROOT, SHORT, metrics, start_explorer, visdom_flags, wait_for
 from explore import IMAGE_WINDOW
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -65,12 +65,7 @@ def test_the_page_shows_the_grids_and_the_loss_plot(visdom_server, browser, data
                 str(data_dir),
                 "--out",
                 str(tmp_path / "run"),
-                "--visdom-server",
-                "http://127.0.0.1",
-                "--visdom-port",
-                str(visdom_server.port),
-                "--visdom-env",
-                "browser",
+                *visdom_flags(visdom_server, "browser"),
             ]
         )
         == 0

@@ -12,9 +12,9 @@ import torch
 
 import flags
 import main
-from conftest import QUICK, ROOT, metrics
+from conftest import QUICK, ROOT, metrics, visdom_flags
 from test_main import without_timings
-from test_viewer import visdom_flags, windows
+from test_viewer import windows
 from threads import ThreadTuner
 from vae import (
     VAE,

@@ -12,7 +12,17 @@ import sys
 from PIL import Image
 
 import main
-from conftest import OFFLINE_ENV, ROOT, SHORT, VisdomServer, free_port, metrics, run_main, wait_for
+from conftest import (
+    OFFLINE_ENV,
+    ROOT,
+    SHORT,
+    VisdomServer,
+    free_port,
+    metrics,
+    run_main,
+    visdom_flags,
+    wait_for,
+)
 
 WINDOWS = ("originals", "reconstructions", "samples", "traversal", "interpolation")
 
@@ -45,17 +55,6 @@ def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -
     assert shown["reconstructions"]["title"] == f"reconstructions, epoch {epochs}"
     lines = {trace["name"]: trace for trace in shown["loss"]["content"]["data"]}
     assert lines["train"]["x"] == lines["test"]["x"] == list(range(1, epochs + 1))
-
-
-def visdom_flags(server: VisdomServer, env: str) -> list[str]:
-    return [
-        "--visdom-server",
-        "http://127.0.0.1",
-        "--visdom-port",
-        str(server.port),
-        "--visdom-env",
-        env,
-    ]
 
 
 def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
