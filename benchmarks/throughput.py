@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import flags  # noqa: E402
 import main  # noqa: E402
 from data import idx_bytes, load_images, raw_folder, to_pixels  # noqa: E402
-from threads import ThreadTuner  # noqa: E402
+from threads import ThreadTuner, plural  # noqa: E402
 from vae import VAE, negative_elbo  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's choice, before anything changes it
@@ -559,16 +559,29 @@ def measure(args, root: Path, real: bool, options) -> None:
 
     fixed = argparse.Namespace(**{**vars(args), "batch_size": default_batch})
     repeats = 30 if options.quick else 300
-    rates = [flop_bound(fixed, device, default_batch, repeats) for _ in range(options.rounds)]
-    flops, matmul = rates[0][0], statistics.median(r[1] for r in rates)
-    print(
-        f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
-        f"backward); torch.matmul sustains {matmul / 1e9:.0f} GFLOP/s at the model's sizes"
-        f"{' in bf16' if args.amp else ''} at {DEFAULT_THREADS} threads, idle "
-        f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
-        f"-> {matmul / flops:,.0f} img/s; compare the idle row at batch {default_batch}",
-        flush=True,
-    )
+    matmul = {}  # median matmul FLOP/s at torch's default count and at one thread
+    for threads in dict.fromkeys((DEFAULT_THREADS, 1)):
+        torch.set_num_threads(threads)
+        rates = [flop_bound(fixed, device, default_batch, repeats) for _ in range(options.rounds)]
+        flops, matmul[threads] = rates[0][0], statistics.median(r[1] for r in rates)
+        print(
+            f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
+            f"backward); torch.matmul sustains {matmul[threads] / 1e9:.0f} GFLOP/s at the model's "
+            f"sizes{' in bf16' if args.amp else ''} at {plural(threads)}, idle "
+            f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
+            f"-> {matmul[threads] / flops:,.0f} img/s; compare the idle row at batch "
+            f"{default_batch}",
+            flush=True,
+        )
+    torch.set_num_threads(DEFAULT_THREADS)
+    if len(matmul) > 1:
+        share = matmul[1] / matmul[DEFAULT_THREADS]
+        print(
+            f"one core's share: the matmuls at 1 thread run at {share:.0%} of their speed at "
+            f"{DEFAULT_THREADS}: on one core, a loop made only of them would keep that share of "
+            "its idle speed",
+            flush=True,
+        )
     if options.variants:
         variants(fixed, device, train, options)
     if options.profile:
