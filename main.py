@@ -46,7 +46,7 @@ from data import (  # noqa: E402
     to_pixels,
     to_test_pixels,
 )
-from latent import MAP_IMAGES, active_units, latent_map, latent_means  # noqa: E402
+from latent import MAP_IMAGES, active_units, latent_map, latent_means, map_image  # noqa: E402
 from threads import ThreadTuner  # noqa: E402
 from vae import (  # noqa: E402
     GAUSSIAN_LOG_NORMALIZER,
@@ -412,13 +412,17 @@ def fixed_inputs(args: Namespace, test: torch.Tensor, device: torch.device):
 
 
 def run_generation(args: Namespace, checkpoint: dict, device: torch.device) -> int:
-    """--generate: the pictures of a checkpoint as PNGs, no training."""
+    """--generate: the pictures of a checkpoint and its latent map as PNGs, no training."""
     model = build_model(args, device)
     restore(model, None, checkpoint, args)
-    test = load_data(args, device, train=False).test
-    images, z, nrow = fixed_inputs(args, test, device)
-    activity = active_units(latent_means(model, test[:MAP_IMAGES]))
+    data = load_data(args, device, train=False)
+    images, z, nrow = fixed_inputs(args, data.test, device)
+    means = latent_means(model, data.test[:MAP_IMAGES])
+    activity = active_units(means)
     shown = figures(model.eval(), images, z, checkpoint["epoch"], nrow, activity)
+    names = class_names(args.dataset)
+    latent = latent_map(means, data.map_labels, names, activity, checkpoint["epoch"])
+    shown["latent_map"] = (map_image(latent), latent.title)
     save_pngs(Path(args.out), shown)
     print(f"wrote {', '.join(name + '.png' for name in shown)} to {args.out}")
     return 0

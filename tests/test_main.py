@@ -234,6 +234,7 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
         "samples.png",
         "manifold.png",
         "interpolation.png",
+        "latent_map.png",
     }
 
 
