@@ -45,6 +45,11 @@ def main_command() -> str:
     return f"{python_command()} {script}"
 
 
+def plural(n: int, word: str) -> str:
+    """ "1 epoch", "2 epochs": for the messages of main.py, threads.py and the benchmark."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def positive(kind: type, allow_zero: bool = False):
     """argparse type: a finite number of `kind` above 0 (or at least 0, with allow_zero)."""
 

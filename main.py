@@ -620,7 +620,7 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
     online = f"http://localhost:{args.visdom_port} (env {args.visdom_env})"
     print(
         f"done: test loss {run.history[-1]['test_loss']:.2f} per image after "
-        f"{plural(len(run.history), 'epoch')}; run folder {out}; "
+        f"{flags.plural(len(run.history), 'epoch')}; run folder {out}; "
         f"look at {online if run.viewer.online else f'{out}/*.png'}; "
         f"metrics in {out / 'metrics.jsonl'}"
     )
@@ -634,10 +634,6 @@ def interrupted_note(out: Path, history: list[dict]) -> str:
         f"{out / 'checkpoint.pt'} holds epoch {len(history)}. "
         f"Resume with: {flags.main_command()} --resume {out / 'checkpoint.pt'}"
     )
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def main(argv: list[str]) -> int:

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from flags import plural
+
 
 class Change(NamedTuple):
     """A change of the chosen thread count, and why."""
@@ -33,10 +35,6 @@ class Change(NamedTuple):
 
     def __str__(self) -> str:
         return f"threads: {self.old} -> {self.new} ({self.reason})"
-
-
-def plural(count: int) -> str:
-    return f"{count} thread{'s' if count != 1 else ''}"
 
 
 def candidate_counts(max_threads: int) -> list[int]:
@@ -152,7 +150,7 @@ class ThreadPolicy:
         return Change(
             old,
             self.chosen,
-            f"{plural(self.chosen)} {old_median / medians[fastest]:.1f}x "
+            f"{plural(self.chosen, 'thread')} {old_median / medians[fastest]:.1f}x "
             f"faster per step than {old}: {why}; {self.trigger}",
         )
 

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import flags  # noqa: E402
 import main  # noqa: E402
 from data import idx_bytes, load_images, raw_folder, to_pixels  # noqa: E402
-from threads import ThreadTuner, plural  # noqa: E402
+from threads import ThreadTuner  # noqa: E402
 from vae import VAE, negative_elbo  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's choice, before anything changes it
@@ -567,7 +567,7 @@ def measure(args, root: Path, real: bool, options) -> None:
         print(
             f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
             f"backward); torch.matmul sustains {matmul[threads] / 1e9:.0f} GFLOP/s at the model's "
-            f"sizes{' in bf16' if args.amp else ''} at {plural(threads)}, idle "
+            f"sizes{' in bf16' if args.amp else ''} at {flags.plural(threads, 'thread')}, idle "
             f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
             f"-> {matmul[threads] / flops:,.0f} img/s; compare the idle row at batch "
             f"{default_batch}",

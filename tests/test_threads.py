@@ -10,7 +10,7 @@ import torch
 import flags
 import main
 from conftest import QUICK, ROOT, metrics
-from threads import ThreadPolicy, ThreadTuner, plural
+from threads import ThreadPolicy, ThreadTuner
 
 WINDOW = 0.05  # seconds of steps in a window, as ThreadTuner measures them
 IDLE = {1: 1.0, 2: 0.75}  # seconds per step relative to 1 thread: idle, 2 threads are faster
@@ -203,7 +203,9 @@ def test_the_benchmark_quick_setting_prints_every_row(tmp_path):
     counts = dict.fromkeys((torch.get_num_threads(), 1))  # torch's default count, and 1
     for threads in counts:
         bound = [line for line in lines if line.startswith("FLOP bound")]
-        assert sum(f" at {plural(threads)}, idle " in line for line in bound) == 1, bound
+        assert (
+            sum(f" at {flags.plural(threads, 'thread')}, idle " in line for line in bound) == 1
+        ), bound
     assert any(line.startswith("one core's share") for line in lines) == (len(counts) > 1)
 
 
