@@ -393,19 +393,26 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
             flush=True,
         )
 
+    def measure_here(name: str, loop: str, batch: int, round_: int) -> None:
+        """One loop, in this process, with the settings of the condition `name`."""
+        conditions[name][1].batch_size = batch
+        run = run_loop(loop, conditions[name][1], device, root, train, options)
+        record(name, batch, loop, [run], round_)
+
     for round_ in rounds:
-        for name, (_, condition_args, where) in conditions.items():
-            loops = ["project"] if name == "idle, fixed" else LOOPS  # the idle row has DataLoader's
-            jobs = [(loop, batch) for batch in batches for loop in loops]
-            if where == "pair":
-                for (loop, batch), pair in zip(jobs, side_by_side(jobs, options)):
-                    record(name, batch, loop, pair, round_)
-                continue
-            with busy_core(options.busy_limit) if where == "busy" else contextlib.nullcontext():
-                for loop, batch in jobs:
-                    condition_args.batch_size = batch
-                    run = run_loop(loop, condition_args, device, root, train, options)
-                    record(name, batch, loop, [run], round_)
+        # idle: the two policies back to back at each batch size, in turn first, so that a drift
+        # of the machine between them does not pass for the policy's cost; then the DataLoader's
+        policies = ["idle", "idle, fixed"][:: 1 if round_ % 2 else -1]
+        for batch in batches:
+            for name, loop in [(name, "project") for name in policies] + [("idle", "dataloader")]:
+                measure_here(name, loop, batch, round_)
+        with busy_core(options.busy_limit):
+            for batch in batches:
+                for loop in LOOPS:
+                    measure_here("one core busy", loop, batch, round_)
+        jobs = [(loop, batch) for batch in batches for loop in LOOPS]
+        for (loop, batch), pair in zip(jobs, side_by_side(jobs, options)):
+            record("two runs side by side", batch, loop, pair, round_)
     args.batch_size = flags.build_parser().get_default("batch_size")
 
     print(
