@@ -53,7 +53,8 @@ class ThreadPolicy:
     starts at 1 thread, the count that cannot collapse, and calibrates at once.
 
     A calibration runs each candidate for `trials` windows in turn and keeps the one with the
-    fastest median step, if it beats the chosen count by more than `margin`. A count whose
+    fastest median step, if it beats the chosen count by more than `margin` (the first keeps the
+    most threads within `margin` of the fastest: see decide()). A count whose
     windows are `decisive` times slower than another's is dropped at once: at a collapse one step
     at the collapsed count can take as long as a hundred good ones, so it is not tried again.
     While training at more than 1 thread, a window `decisive` times slower than at the last
@@ -134,9 +135,17 @@ class ThreadPolicy:
         }
 
     def decide(self, medians: dict[int, float]) -> Change | None:
-        """End a calibration: keep the chosen count unless another beats it by over `margin`."""
+        """End a calibration: keep the chosen count unless another beats it by over `margin`.
+
+        The first calibration keeps the most threads within `margin` of the fastest instead: the
+        run started at 1 thread to be safe, not by choice. A tie is noise, and a wrong choice of
+        more threads shows at once (a collapse is decisive), of fewer only at the next re-check.
+        """
         old, fastest = self.chosen, min(medians, key=medians.get)
-        if old not in medians or medians[fastest] * self.margin < medians[old]:
+        near = [count for count in medians if medians[count] <= medians[fastest] * self.margin]
+        if self.reference is None:
+            self.chosen = max(near)
+        elif old not in near:
             self.chosen = fastest
         self.threads, self.reference = self.chosen, medians[self.chosen]
         self.trained_seconds = 0.0
@@ -145,14 +154,13 @@ class ThreadPolicy:
             self.interval = min(2 * self.interval, self.longest_interval)
             return None
         self.interval = self.first_interval
-        old_median = statistics.median(self.measured[old])
-        why = "the CPU is shared" if self.chosen < old else "cores are free"
-        return Change(
-            old,
-            self.chosen,
-            f"{plural(self.chosen, 'thread')} {old_median / medians[fastest]:.1f}x "
-            f"faster per step than {old}: {why}; {self.trigger}",
-        )
+        faster = statistics.median(self.measured[old]) / medians[self.chosen]
+        if faster > self.margin:
+            why = "the CPU is shared" if self.chosen < old else "cores are free"
+            speed = f"{faster:.1f}x faster per step than {old}: {why}"
+        else:
+            speed = f"as fast per step as {old} within {self.margin - 1:.0%}: more threads at a tie"
+        return Change(old, self.chosen, f"{plural(self.chosen, 'thread')} {speed}; {self.trigger}")
 
 
 class ThreadTuner:

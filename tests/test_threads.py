@@ -89,6 +89,26 @@ def test_one_noisy_window_does_not_flip_the_count():
     assert policy.chosen == 2
 
 
+def test_the_first_calibration_takes_more_threads_at_a_tie_later_ones_keep_the_count():
+    policy = ThreadPolicy(2)
+    tie = {1: 1.0, 2: 1.03}  # 2 threads 3% slower: within the 5% margin, noise
+    assert run_windows(policy, tie, 6) == [
+        "threads: 1 -> 2 (2 threads as fast per step as 1 within 5%: more threads at a tie; "
+        "first calibration)"
+    ]
+    assert policy.chosen == 2
+    # a later calibration keeps the count it has at a tie, either way
+    policy.start_calibration("test", 5.0)
+    assert run_windows(policy, {1: 1.0, 2: 1.04}, 6) == [] and policy.chosen == 2
+    run_windows(policy, BUSY, 3)
+    assert policy.chosen == 1
+    policy.start_calibration("test", 5.0)
+    assert run_windows(policy, {1: 1.0, 2: 0.97}, 6) == [] and policy.chosen == 1
+    # and one beyond the margin wins either way
+    policy.start_calibration("test", 5.0)
+    assert run_windows(policy, IDLE, 6) and policy.chosen == 2
+
+
 def test_the_policy_tries_each_halving_of_the_thread_count():
     policy = ThreadPolicy(8)
     assert policy.candidates == [8, 4, 2, 1]
