@@ -130,7 +130,7 @@ def build_parser() -> Parser:
         "--warmup-epochs",
         type=positive(float, allow_zero=True),
         default=0.0,
-        help="lr rises linearly from 0 over these (fractional) epochs first; 0 (the default): none",
+        help="lr rises linearly from 0 over these (fractional) epochs first; 0: none",
     )
     train.add_argument(
         "--adam-eps",
@@ -227,7 +227,7 @@ def build_parser() -> Parser:
         metavar="N",
         help="every N epochs, estimate −log p(x) on a fixed test subset "
         "into metrics.jsonl (watch_nll) and the Visdom loss pane; "
-        "0 (the default): never",
+        "0: never",
     )
     run.add_argument(
         "--watch-k", type=positive(int), default=100, help="importance samples for that estimate"
@@ -285,8 +285,9 @@ def build_parser() -> Parser:
         metavar="FILE",
         help="also write every Visdom message to FILE, to replay later",
     )
-    for action in p._actions:  # every help ends with its default
-        if action.default not in (None, False, argparse.SUPPRESS) and action.dest != "hidden":
+    for action in p._actions:  # every help ends with its default (0 too, unlike False: `is`)
+        unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))
+        if not unset and action.dest != "hidden":
             action.help += " (default: %(default)s)"
     return p
 

@@ -365,6 +365,12 @@ def test_help_and_flag_errors_answer_before_torch_loads():
         assert result.stdout.splitlines()[-1] == ("0 False" if argv == ["--help"] else "2 False")
 
 
+def test_help_gives_every_default_zero_included():
+    text = " ".join(flags.build_parser().format_help().split())  # argparse wraps the lines
+    assert "seed for everything random (default: 0)" in text
+    assert "(default: False)" not in text  # switches have no default to show
+
+
 def test_the_flags_offer_what_the_model_and_data_know():
     assert set(flags.ACTIVATIONS) == set(vae.ACTIVATIONS)
     assert set(flags.LIKELIHOODS) == set(vae.LIKELIHOODS)
