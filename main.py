@@ -46,7 +46,7 @@ from data import (  # noqa: E402
     to_pixels,
     to_test_pixels,
 )
-from latent import MAP_IMAGES, active_units, latent_map, latent_means, map_image  # noqa: E402
+from latent import MAP_IMAGES, active_units, latent_map, latent_means  # noqa: E402
 from threads import ThreadTuner  # noqa: E402
 from vae import (  # noqa: E402
     GAUSSIAN_LOG_NORMALIZER,
@@ -257,9 +257,10 @@ def batch_loss(model: VAE, x: torch.Tensor, args: Namespace) -> torch.Tensor:
             k = args.train_k if args.objective == "iwae" else 1
             return negative_iw_bound(model, x, k, args.likelihood, args.stl)
         logits, mu, logvar = model(x)
-    return negative_elbo(logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood)[
-        0
-    ]
+    loss, _, _ = negative_elbo(
+        logits.float(), x, mu.float(), logvar.float(), args.beta, args.likelihood
+    )
+    return loss
 
 
 def loss_function(args: Namespace):
@@ -341,7 +342,6 @@ def evaluate(model, pixels, args, batch: int = 5000) -> dict:
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def mean_log_likelihood(model, pixels, args, k: int, progress: str | None = None) -> float:
     """Importance-weighted log p(x) with k samples, averaged over `pixels`, the same ε every call
     (seeded); with a progress bar titled `progress`."""
@@ -422,9 +422,7 @@ def run_generation(args: Namespace, checkpoint: dict, device: torch.device) -> i
     shown = figures(model.eval(), images, z, checkpoint["epoch"], nrow, activity)
     names = class_names(args.dataset)
     latent = latent_map(means, data.map_labels, names, activity, checkpoint["epoch"])
-    shown["latent_map"] = (map_image(latent), latent.title)
-    save_pngs(Path(args.out), shown)
-    print(f"wrote {', '.join(name + '.png' for name in shown)} to {args.out}")
+    print(f"wrote {', '.join(save_pngs(Path(args.out), shown, latent))} to {args.out}")
     return 0
 
 

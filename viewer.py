@@ -43,10 +43,16 @@ def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return make_grid(images, nrow=nrow, padding=2, pad_value=1.0).mul(255).round().to(torch.uint8)
 
 
-def save_pngs(out: Path, grids: dict[str, tuple[torch.Tensor, str]]) -> None:
-    """Write each grid (name → (uint8 image, title)) to <out>/<name>.png."""
+def save_pngs(
+    out: Path, grids: dict[str, tuple[torch.Tensor, str]], latent: LatentMap | None = None
+) -> list[str]:
+    """Write each grid (name → (uint8 image, title)) to <out>/<name>.png, and the latent map (if
+    any) to <out>/latent_map.png; returns the file names."""
+    if latent is not None:
+        grids = {**grids, "latent_map": (map_image(latent), latent.title)}
     for name, (image, _) in grids.items():
         save_image(image.float().div(255), out / f"{name}.png")
+    return [f"{name}.png" for name in grids]
 
 
 class Viewer:
@@ -132,9 +138,7 @@ class Viewer:
     ) -> None:
         """Write each grid (name → (uint8 image, title)) as PNG, and the latent map as
         latent_map.png; then send them, the loss plot and the active units per epoch."""
-        save_pngs(self.out, grids)
-        if latent is not None:
-            save_pngs(self.out, {"latent_map": (map_image(latent), latent.title)})
+        save_pngs(self.out, grids, latent)
         if self.client is None:
             return
         lost_long_enough = time.monotonic() - self.lost_at >= self.retry_seconds
