@@ -16,9 +16,8 @@ DATASETS = {
     "kmnist": datasets.KMNIST,
 }
 IMAGE_SIZE = 28
-TEST_BINARIZATION_SEED = (
-    0  # the test set is binarized once, the same for every run, so results compare
-)
+# the test set is binarized once, the same for every run, so results compare
+TEST_BINARIZATION_SEED = 0
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: unsigned bytes, 3 and 1 dimensions
 
 
