@@ -372,11 +372,11 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
     """The table: each condition's loops at each batch size, in interleaved rounds."""
     policy = f"--threads {args.threads}" if args.threads else "auto"
     fixed = argparse.Namespace(**{**vars(args), "threads": DEFAULT_THREADS})
-    conditions = {  # name: (thread policy of the project's loop, its args, where it runs)
-        "idle": (policy, args, "here"),
-        "idle, fixed": (f"--threads {DEFAULT_THREADS}", fixed, "here"),
-        "one core busy": (policy, args, "busy"),
-        "two runs side by side": (policy, args, "pair"),
+    conditions = {  # name: (thread policy of the project's loop, its args)
+        "idle": (policy, args),
+        "idle, fixed": (f"--threads {DEFAULT_THREADS}", fixed),
+        "one core busy": (policy, args),
+        "two runs side by side": (policy, args),
     }
     results = {
         (name, batch, loop): [] for name in conditions for batch in batches for loop in LOOPS
@@ -421,7 +421,7 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
     )
     for batch in batches:
         idle = [together(r) for r in results["idle", batch, "project"]]
-        for name, (row_policy, _, where) in conditions.items():
+        for name, (row_policy, _) in conditions.items():
             ours = [together(r) for r in results[name, batch, "project"]]
             theirs = [together(r) for r in results[name, batch, "dataloader"]] or [
                 together(r) for r in results["idle", batch, "dataloader"]
@@ -435,7 +435,7 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
                 check = ""
             elif name == "idle, fixed":
                 check = f"idle auto at {median_ratio(idle, ours):.0%} of it (target 95%)"
-            elif where == "busy":
+            elif name == "one core busy":
                 check = f"{median_ratio(ours, idle):.0%} of idle (target 75%)"
             else:
                 check = f"together {median_ratio(ours, idle):.2f}x one run alone (target 1x)"
