@@ -1,6 +1,7 @@
 """A run's files: the checkpoint (written atomically), metrics.jsonl, and the RNG states they carry.
 
-Ctrl-C during a write is held until the write is done, so a file is never left half written.
+Ctrl-C during a write is held until the write is done, so a file is never left half written;
+and a loop can remember a Ctrl-C, so that one Python drops (in a finalizer) still stops it.
 """
 
 import contextlib
@@ -8,6 +9,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -78,6 +80,48 @@ def ctrl_c_held():
         signal.signal(signal.SIGINT, previous)
         caught, _caught = _caught, None
     if caught:
+        raise KeyboardInterrupt
+
+
+_pressed = False  # a Ctrl-C came while ctrl_c_remembered() was on
+
+
+@contextlib.contextmanager
+def ctrl_c_remembered():
+    """Inside the block Ctrl-C raises KeyboardInterrupt as usual, and is remembered so that
+    raise_if_ctrl_c() raises it again: Python drops an exception raised inside a finalizer or a
+    weakref callback (printing "Exception ignored in ...", which is silenced here for Ctrl-C),
+    and a loop would go on as if never stopped."""
+    global _pressed
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def remember(signum, frame):
+        global _pressed
+        _pressed = True
+        raise KeyboardInterrupt
+
+    def report(unraisable) -> None:
+        if not isinstance(
+            unraisable.exc_value, KeyboardInterrupt
+        ):  # a dropped Ctrl-C: raised again
+            previous_hook(unraisable)
+
+    _pressed = False
+    previous, previous_hook = signal.signal(signal.SIGINT, remember), sys.unraisablehook
+    sys.unraisablehook = report
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+        _pressed = False
+
+
+def raise_if_ctrl_c() -> None:
+    """Raise KeyboardInterrupt for a Ctrl-C that came and was lost (see ctrl_c_remembered)."""
+    if _pressed:
         raise KeyboardInterrupt
 
 

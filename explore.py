@@ -16,7 +16,7 @@ import sys
 import torch
 from torchvision.io import encode_png
 
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, ctrl_c_remembered, load_checkpoint, raise_if_ctrl_c
 from data import DataError, load_images, to_test_pixels
 from flags import port
 from latent import MAP_IMAGES, active_units, latent_means
@@ -124,6 +124,7 @@ def serve(explorer: Explorer, client, events: "queue.Queue[dict]", server: str) 
     try:
         explorer.draw()
         while True:
+            raise_if_ctrl_c()  # one that Python dropped (in a finalizer) still stops the explorer
             try:
                 event = events.get(timeout=CHECK_SECONDS)
             except queue.Empty:
@@ -232,7 +233,8 @@ def explore(args: argparse.Namespace) -> int:
         "Ctrl-C stops it.",
         flush=True,
     )
-    return serve(explorer, client, events, server)
+    with ctrl_c_remembered():
+        return serve(explorer, client, events, server)
 
 
 if __name__ == "__main__":

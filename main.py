@@ -32,7 +32,9 @@ from checkpoint import (  # noqa: E402
     CheckpointError,
     append_metrics,
     ctrl_c_held,
+    ctrl_c_remembered,
     load_checkpoint,
+    raise_if_ctrl_c,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -310,6 +312,7 @@ def train_epoch(
             optimizer.step()
             losses[step] = loss.detach()
             threads.step()
+            raise_if_ctrl_c()  # a Ctrl-C that Python dropped (in a finalizer) still stops here
             # now and then: look at the losses so far (a host sync), stop on a non-finite one
             if (step + 1) % report_every == 0 or step + 1 == steps:
                 recent = losses[checked : step + 1]
@@ -600,7 +603,8 @@ def run_training(args: Namespace, checkpoint: dict | None, device: torch.device)
     (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     print(f"{describe(args, run.data, device, len(run.history))}; {run.threads.describe()}")
     try:
-        train_epochs(run)
+        with ctrl_c_remembered():
+            train_epochs(run)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {interrupted_note(out, run.history)}")
         return 130

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -239,6 +240,18 @@ def start_explorer(checkpoint: Path, server: VisdomServer, env: str) -> subproce
         text=True,
         env={**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def interrupt(process: subprocess.Popen, seconds: float = 60) -> tuple[str, str]:
+    """Ctrl-C a process and return its (stdout, stderr); kill it and fail if it does not end
+    within `seconds` (a safety limit against a run left behind, not a measure of speed)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail(f"the process went on for {seconds} s after Ctrl-C")
 
 
 def wait_for(

@@ -5,6 +5,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import data
 import flags
 import main
 import vae
-from conftest import QUICK, ROOT, metrics, run_main, wait_for, write_mnist
+from conftest import QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
 from threads import ThreadTuner
 
 TIMINGS = set(main.TIMING_KEYS)
@@ -105,8 +106,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(data_dir, tmp_path):
         text=True,
     )
     wait_for(lambda: len(metrics(out)) >= 2, "two epochs", process)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = interrupt(process)
     assert process.returncode == 130
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     assert f"holds epoch {saved}" in stdout and f"--resume {out / 'checkpoint.pt'}" in stdout
@@ -142,6 +142,33 @@ def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert [row["epoch"] for row in metrics(out)] == [1, 2]
     assert not (out / "checkpoint.pt.tmp").exists()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # printed: failed
+def test_a_ctrl_c_that_python_drops_in_a_weakref_callback_still_stops_the_run(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    """Python prints and drops a KeyboardInterrupt raised inside a weakref callback (or a
+    finalizer); a single Ctrl-C landing there must stop the run all the same, without a trace."""
+    step, steps = ThreadTuner.step, []
+
+    def step_with_a_dropped_ctrl_c(self) -> None:
+        step(self)
+        steps.append(None)
+        if len(steps) == 12:  # in epoch 2: 512 images, 8 steps an epoch
+            thing = type("Thing", (), {})()
+            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))  # noqa: F841
+            del thing  # the callback runs here; its KeyboardInterrupt is dropped
+
+    monkeypatch.setattr(ThreadTuner, "step", step_with_a_dropped_ctrl_c)
+    out = tmp_path / "run"
+    assert (
+        main.main([*QUICK, "--epochs", "5", "--data-dir", str(data_dir), "--out", str(out)]) == 130
+    )
+    assert len(steps) == 12  # stopped at once, in the step it came
+    printed = capsys.readouterr()
+    assert "holds epoch 1. Resume with:" in printed.out and "Traceback" not in printed.err
+    assert [row["epoch"] for row in metrics(out)] == [1]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from conftest import (
     SHORT,
     VisdomServer,
     free_port,
+    interrupt,
     metrics,
     run_main,
     visdom_flags,
@@ -253,8 +253,9 @@ def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path)
         # comes from that epoch's pushes or later ones
         assert int(shown["reconstructions"]["title"].split()[-1]) >= killed_at + 3
     finally:
-        run.send_signal(signal.SIGINT)
-        stdout, stderr = run.communicate(timeout=60)
-        server.stop()
+        try:
+            stdout, stderr = interrupt(run)
+        finally:
+            server.stop()
     assert "stopped answering" in stdout and "answers again" in stdout
     assert "Traceback" not in stderr
