@@ -42,11 +42,11 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import flags  # noqa: E402
-import main  # noqa: E402
-from data import idx_bytes, load_images, raw_folder, to_pixels  # noqa: E402
-from threads import ThreadTuner  # noqa: E402
-from vae import VAE, negative_elbo  # noqa: E402
+import main
+from helpers import flags, likelihood, runfiles, settings
+from helpers.data import idx_bytes, load_images, raw_folder, to_pixels
+from helpers.threads import ThreadTuner
+from vae import VAE, negative_elbo
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's choice, before anything changes it
 LOOPS = ("project", "dataloader")
@@ -67,8 +67,8 @@ def synthetic_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) -> 
 def fresh(args: argparse.Namespace, device: torch.device) -> tuple[VAE, torch.optim.Adam]:
     """A new model and optimizer, seeded as main.py seeds a run."""
     torch.manual_seed(args.seed)
-    model = main.build_model(args, device)
-    return model, main.build_optimizer(model, args)
+    model = runfiles.build_model(args, device)
+    return model, runfiles.build_optimizer(model, args)
 
 
 def sync(device: torch.device) -> None:
@@ -320,7 +320,7 @@ def time_to_quality(
         while time.perf_counter() - start < limit:
             epoch += 1
             main.train_epoch(model, loss_fn, optimizer, train, args, epoch, device, tuner)
-            loss = main.evaluate(model, test, args)["test_loss"]
+            loss = likelihood.test_loss(model, test, args)["test_loss"]
             if loss < target:
                 return time.perf_counter() - start, epoch, loss
         return None, epoch, loss
@@ -447,7 +447,7 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
 
 
 def run() -> None:
-    main.flush_denormals()  # as main.py does, before torch starts its threads; both loops use it
+    settings.flush_denormals()  # as main.py does, before torch starts threads; both loops use it
     # `kill` ends the benchmark as Ctrl-C does, through the `finally` that stops its processes
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     parser = argparse.ArgumentParser(

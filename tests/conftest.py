@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from data import idx_bytes  # noqa: E402  (also imported from here by test_faults.py)
+sys.path.insert(0, str(ROOT / "tools"))  # explore.py, screenshot_visdom.py
+from helpers.data import idx_bytes  # (also imported from here by test_faults.py)
 
 N_TRAIN, N_TEST = 512, 128
 # A short run of main.py on the tiny data; QUICK without Visdom.
@@ -184,7 +185,7 @@ def visdom_server(tmp_path):
 
 def metrics(out: Path) -> list[dict]:
     """The rows of a run folder's metrics.jsonl, read as main.py reads them."""
-    from checkpoint import read_metrics
+    from helpers.checkpoint import read_metrics
 
     return read_metrics(out / "metrics.jsonl")
 
@@ -230,7 +231,7 @@ def start_explorer(checkpoint: Path, server: VisdomServer, env: str) -> subproce
     return subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "explore.py"),
+            str(ROOT / "tools" / "explore.py"),
             str(checkpoint),
             *visdom_flags(server, env),
         ],

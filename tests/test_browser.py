@@ -3,16 +3,13 @@
 import json
 import os
 import signal
-import sys
 
 import pytest
 
 import main
-from conftest import ROOT, SHORT, metrics, start_explorer, visdom_flags, wait_for
+from conftest import SHORT, metrics, start_explorer, visdom_flags, wait_for
 from explore import IMAGE_WINDOW
-
-sys.path.insert(0, str(ROOT / "tools"))
-from screenshot_visdom import chromium, wait_for_panes  # noqa: E402
+from screenshot_visdom import chromium, wait_for_panes
 
 # The src of the explorer's image (a data: URL), and its first value's input field.
 EXPLORER_IMAGE = """return Array.from(document.querySelectorAll('.react-grid-item'))

@@ -8,11 +8,18 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV, ROOT, free_port, metrics, run_main, start_explorer, wait_for
-from data import class_names, load_images, to_test_pixels
 from explore import IMAGE_WINDOW
-from latent import ACTIVE_THRESHOLD, Activity, active_units, latent_map, latent_means, project_2d
+from helpers.data import class_names, load_images, to_test_pixels
+from helpers.latent import (
+    ACTIVE_THRESHOLD,
+    Activity,
+    active_units,
+    latent_map,
+    latent_means,
+    project_2d,
+)
+from helpers.viewer import Viewer, traversal
 from vae import VAE
-from viewer import Viewer, traversal
 
 DEAD = [1, 3, 4]  # latent dimensions whose μ the encoder below never changes
 
@@ -132,7 +139,7 @@ def test_metrics_and_the_epoch_line_count_the_active_units(data_dir, tmp_path):
 
 def run_explore(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "explore.py"), *args],
+        [sys.executable, str(ROOT / "tools" / "explore.py"), *args],
         cwd=ROOT,
         timeout=120,
         capture_output=True,

@@ -10,14 +10,13 @@ import weakref
 import pytest
 import torch
 
-import data
-import flags
 import main
 import vae
 from conftest import QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
-from threads import ThreadTuner
+from helpers import data, flags, runfiles
+from helpers.threads import ThreadTuner
 
-TIMINGS = set(main.TIMING_KEYS)
+TIMINGS = set(runfiles.TIMING_KEYS)
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
@@ -297,7 +296,7 @@ def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_pa
 
 
 def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
-    from data import to_pixels
+    from helpers.data import to_pixels
 
     images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
     first = to_pixels(images, torch.device("cpu"), "static", seed=1)
@@ -308,7 +307,7 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
     assert torch.equal(grey, images.reshape(50, -1) / 255)
     # dynamic: train_epoch draws fresh binary pixels from the grey ones at every use
     args = flags.parse(["--binarize", "dynamic", "--batch-size", "50"])
-    model = main.build_model(args, torch.device("cpu"))
+    model = runfiles.build_model(args, torch.device("cpu"))
     seen = []
 
     def record(model, x, args):
@@ -316,7 +315,7 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
         return main.batch_loss(model, x, args)
 
     for epoch in range(200):
-        optimizer = main.build_optimizer(model, args)
+        optimizer = runfiles.build_optimizer(model, args)
         main.train_epoch(model, record, optimizer, grey, args, epoch, "cpu", ThreadTuner(None))
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
@@ -330,8 +329,8 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
 def test_denormals_are_flushed_on_every_worker_thread(flush):
     # Run in a fresh process: worker threads take the setting only when torch starts them.
     script = (
-        "import torch, main\n"
-        f"{'main.flush_denormals()' if flush else ''}\ntorch.set_num_threads(2)\n"
+        "import torch\nfrom helpers import settings\n"
+        f"{'settings.flush_denormals()' if flush else ''}\ntorch.set_num_threads(2)\n"
         "tiny = torch.full((1 << 20,), 1e-39) * 1.0  # big enough to be split between the threads\n"
         "print(torch.get_num_threads(), int((tiny != 0).sum()))"
     )

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-import flags
 import main
 from conftest import QUICK, ROOT, metrics
-from threads import ThreadPolicy, ThreadTuner
+from helpers import flags
+from helpers.threads import ThreadPolicy, ThreadTuner
 
 WINDOW = 0.05  # seconds of steps in a window, as ThreadTuner measures them
 IDLE = {1: 1.0, 2: 0.75}  # seconds per step relative to 1 thread: idle, 2 threads are faster
@@ -177,7 +177,7 @@ def test_denormals_stay_flushed_after_the_thread_count_changes(start):
     # In a fresh process: torch's worker threads copy the setting when they start. Starting at 1
     # thread and raising the count starts the second thread after the flush was set.
     script = (
-        "import torch, main\nmain.flush_denormals()\n"
+        "import torch\nfrom helpers import settings\nsettings.flush_denormals()\n"
         "def kept():\n"
         "    return int((torch.full((1 << 20,), 1e-39) * 1.0 != 0).sum())\n"
         f"counts = [{start}, 3 - {start}, {start}, 3 - {start}, 2]\n"

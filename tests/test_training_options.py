@@ -10,21 +10,14 @@ import sys
 import pytest
 import torch
 
-import flags
 import main
 from conftest import QUICK, ROOT, metrics, visdom_flags
+from helpers import flags, runfiles, schedules
+from helpers.likelihood import _log_normal, importance_weighted_log_likelihood, negative_iw_bound
+from helpers.threads import ThreadTuner
 from test_main import without_timings
 from test_viewer import windows
-from threads import ThreadTuner
-from vae import (
-    VAE,
-    _log_normal,
-    importance_weighted_log_likelihood,
-    negative_elbo,
-    negative_iw_bound,
-    reconstruction_loss,
-    reparameterize,
-)
+from vae import VAE, negative_elbo, reconstruction_loss, reparameterize
 
 
 def binary_images(n: int, seed: int = 0) -> torch.Tensor:
@@ -103,7 +96,7 @@ def test_batch_loss_follows_the_objective_flags():
 def lr_per_epoch(argv: list[str], epochs: int, start: int = 0) -> list[float]:
     args = flags.parse([*argv, "--lr", "1e-3", "--epochs", str(epochs)])
     span = {"start": start, "end": epochs}
-    return [main.scheduled_lr(args, span, epoch) for epoch in range(start + 1, epochs + 1)]
+    return [schedules.scheduled_lr(args, span, epoch) for epoch in range(start + 1, epochs + 1)]
 
 
 def test_learning_rate_schedules_per_epoch():
@@ -121,11 +114,11 @@ def test_learning_rate_schedules_per_epoch():
     warm = lr_per_epoch(["--lr-schedule", "cosine", "--lr-floor", "0.5", "--warmup-epochs", "2"], 4)
     assert warm == pytest.approx([5e-4, 1e-3, 7.5e-4, 5e-4])
     args = flags.parse(["--lr-schedule", "cosine", "--warmup-epochs", "2"])
-    assert main.scheduled_lr(args, {"start": 0, "end": 4}, 0.5) == pytest.approx(2e-3 / 4)
+    assert schedules.scheduled_lr(args, {"start": 0, "end": 4}, 0.5) == pytest.approx(2e-3 / 4)
     # a schedule set at a later epoch (a resume that gave --lr-schedule) runs from there
     assert lr_per_epoch(["--lr-schedule", "exponential"], 5, start=3) == pytest.approx([1e-4, 1e-5])
     # after its end, the floor
-    assert main.scheduled_lr(
+    assert schedules.scheduled_lr(
         flags.parse(["--lr-schedule", "cosine"]), {"start": 0, "end": 2}, 7
     ) == pytest.approx(2e-3 * 0.01)
 
@@ -136,8 +129,8 @@ def test_clipping_bounds_the_gradient_norm_of_every_step():
 
     def step_norms(*argv: str) -> list[float]:
         args = flags.parse(["--likelihood", "bernoulli", "--batch-size", "32", *argv])
-        model = main.build_model(args, torch.device("cpu"))
-        optimizer = main.build_optimizer(model, args)
+        model = runfiles.build_model(args, torch.device("cpu"))
+        optimizer = runfiles.build_optimizer(model, args)
         norms, step = [], optimizer.step
 
         def recording_step(*a, **kw):
@@ -167,8 +160,8 @@ def test_clipping_bounds_the_gradient_norm_of_every_step():
 
 def test_adam_eps_and_decoder_activation_reach_the_optimizer_and_model():
     args = flags.parse(["--adam-eps", "1e-4", "--decoder-activation", "leaky_relu"])
-    model = main.build_model(args, torch.device("cpu"))
-    assert main.build_optimizer(model, args).param_groups[0]["eps"] == 1e-4
+    model = runfiles.build_model(args, torch.device("cpu"))
+    assert runfiles.build_optimizer(model, args).param_groups[0]["eps"] == 1e-4
     assert isinstance(model.encoder[1], torch.nn.ReLU)
     assert isinstance(model.decoder[1], torch.nn.LeakyReLU)
     plain = VAE().state_dict()  # the checkpoint format does not change

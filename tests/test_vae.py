@@ -5,14 +5,8 @@ import math
 import pytest
 import torch
 
-from vae import (
-    VAE,
-    importance_weighted_log_likelihood,
-    kl_divergence,
-    log_likelihood_given_z,
-    negative_elbo,
-    reparameterize,
-)
+from helpers.likelihood import importance_weighted_log_likelihood, log_likelihood_given_z
+from vae import VAE, kl_divergence, negative_elbo, reparameterize
 
 
 def test_kl_closed_form_matches_monte_carlo():

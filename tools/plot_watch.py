@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checkpoint import read_metrics  # noqa: E402
+from helpers.checkpoint import read_metrics
 
 
 def curves(run: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float, int]]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from visdom import Visdom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flags import python_command  # noqa: E402
+from helpers.flags import python_command
 
 
 def main() -> int:

@@ -6,16 +6,18 @@ writing the PNGs (which it always does), and tries the server again at a later e
 """
 
 import logging
+import math
 import os
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from flags import python_command
-from latent import Activity, LatentMap, map_image
+from helpers.flags import python_command
+from helpers.latent import Activity, LatentMap, latent_map, map_image
 
 START_SERVER = f"{python_command()} -m visdom.server -bind_local"
 TRAVERSAL_ROWS = 10  # at most this many active dimensions in the traversal
@@ -35,6 +37,13 @@ def visdom_client(server: str, port: int, env: str, timeout: float, **options):
             return self.session.post(url, data=data or {}, timeout=timeout).text
 
     return TimeoutVisdom(server=server, port=port, env=env, raise_exceptions=True, **options)
+
+
+def fixed_inputs(args: Namespace, test: torch.Tensor, device: torch.device):
+    """The same test images and prior samples every epoch, and the grids' row length."""
+    generator = torch.Generator().manual_seed(args.seed)
+    z = torch.randn(args.num_images, args.latent_dim, generator=generator).to(device)
+    return test[: args.num_images], z, max(1, round(math.sqrt(args.num_images)))
 
 
 def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -99,6 +108,28 @@ class Viewer:
                 f"No Visdom server answers at {self.server}: saving the grids as PNG files in "
                 f"{out}; to watch live, start one with `{START_SERVER}` and run again"
             )
+
+    @classmethod
+    def for_run(cls, args: Namespace, test: torch.Tensor, labels: torch.Tensor, names: list[str]):
+        """The viewer of a training run: its flags' server, the fixed inputs shown every epoch."""
+        viewer = cls(
+            Path(args.out),
+            None if args.no_visdom else args.visdom_server,
+            args.visdom_port,
+            args.visdom_env,
+            args.visdom_timeout,
+            args.visdom_retry,
+            args.visdom_log,
+        )
+        viewer.inputs = fixed_inputs(args, test, test.device)
+        viewer.labels, viewer.names = labels, names
+        return viewer
+
+    def show_epoch(self, model, epoch: int, means, activity: Activity, history: list[dict]):
+        """An epoch's windows: the grids of the fixed inputs, the plots, the map of `means`."""
+        images, z, nrow = self.inputs
+        shown = figures(model.eval(), images, z, epoch, nrow, activity)
+        self.show(shown, history, latent_map(means, self.labels, self.names, activity, epoch))
 
     @property
     def online(self) -> bool:

@@ -1,4 +1,4 @@
-"""Every flag of main.py in one place, with its default and its help.
+"""Every flag of main.py in one place, with its default and its help; the commands printed back.
 
 Nothing here imports torch, so `--help` and a mistyped flag answer at once.
 """
@@ -41,7 +41,8 @@ def python_command() -> str:
 
 def main_command() -> str:
     """The command that runs main.py from the current folder with this interpreter."""
-    script = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # helpers/..
+    script = os.path.relpath(os.path.join(root, "main.py"))
     return f"{python_command()} {script}"
 
 

@@ -1,7 +1,7 @@
 """Explore a trained VAE's latent space live in Visdom: set the active dimensions, see the image.
 
     make server                                          # one terminal
-    .venv/bin/python explore.py runs/X/checkpoint.pt     # another; open the page it prints
+    .venv/bin/python tools/explore.py runs/X/checkpoint.pt   # another; open the page it prints
 
 A properties pane lists the active latent dimensions (Burda et al.'s criterion, on the first
 test images) with their values; type a value, press Enter, and the decoded image beside it
@@ -12,17 +12,20 @@ import argparse
 import base64
 import queue
 import sys
+from pathlib import Path
 
 import torch
 from torchvision.io import encode_png
 
-from checkpoint import CheckpointError, ctrl_c_remembered, load_checkpoint, raise_if_ctrl_c
-from data import DataError, load_images, to_test_pixels
-from flags import port
-from latent import MAP_IMAGES, active_units, latent_means
-from main import build_model, restore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for helpers/ and vae.py
+from helpers.checkpoint import CheckpointError, load_checkpoint
+from helpers.ctrl_c import ctrl_c_remembered, raise_if_ctrl_c
+from helpers.data import DataError, load_images, to_test_pixels
+from helpers.flags import port
+from helpers.latent import MAP_IMAGES, active_units, latent_means
+from helpers.runfiles import build_model, restore
+from helpers.viewer import START_SERVER, visdom_client
 from vae import VAE
-from viewer import START_SERVER, visdom_client
 
 VALUES_WINDOW, IMAGE_WINDOW = "explorer_values", "explorer_image"
 MAX_DIMS = 32  # at most this many active dimensions get a value to set, the most active first
@@ -31,7 +34,9 @@ CHECK_SECONDS = 1.0  # how often, while no value changes, the server is asked if
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="explore.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="tools/explore.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="a run's checkpoint.pt, written by main.py")
     p.add_argument("--data-dir", help="folder holding <Dataset>/raw/ (default: the run's)")
@@ -137,7 +142,7 @@ def serve(explorer: Explorer, client, events: "queue.Queue[dict]", server: str) 
     except (OSError, ValueError):  # refused, timed out, or not a Visdom answer
         print(
             f"the Visdom server at {server} went away: explorer stopped; "
-            f"start it again with `{START_SERVER}` and rerun explore.py",
+            f"start it again with `{START_SERVER}` and rerun tools/explore.py",
             file=sys.stderr,
         )
         return 1
@@ -197,13 +202,13 @@ def connect(args: argparse.Namespace, server: str):
     except (OSError, ValueError):
         raise ExploreError(
             f"no Visdom server answers at {server}: start one with "
-            f"`{START_SERVER}` and run explore.py again",
+            f"`{START_SERVER}` and run tools/explore.py again",
             1,
         ) from None
     if not events_client.socket_alive:
         raise ExploreError(
             f"the Visdom server at {server} answers but its event socket does "
-            "not: restart it and run explore.py again",
+            "not: restart it and run tools/explore.py again",
             1,
         )
     return events_client

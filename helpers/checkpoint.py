@@ -1,19 +1,17 @@
 """A run's files: the checkpoint (written atomically), metrics.jsonl, and the RNG states they carry.
 
-Ctrl-C during a write is held until the write is done, so a file is never left half written;
-and a loop can remember a Ctrl-C, so that one Python drops (in a finalizer) still stops it.
+A Ctrl-C during a write is held until the write is done (ctrl_c.py), so no file is left half
+written.
 """
 
-import contextlib
 import json
 import math
 import os
-import signal
-import sys
-import threading
 from pathlib import Path
 
 import torch
+
+from helpers.ctrl_c import ctrl_c_held
 
 CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "args", "rng", "history"}
 
@@ -58,71 +56,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
     if device.type == "mps" and "mps" in state:
         torch.mps.set_rng_state(state["mps"])
-
-
-_caught: list[int] | None = None  # the Ctrl-Cs held off so far, while a block holds them
-
-
-@contextlib.contextmanager
-def ctrl_c_held():
-    """Hold off Ctrl-C (SIGINT) inside the block; one that came raises KeyboardInterrupt after it.
-
-    Blocks nest: the outermost one holds, so files written together are all written."""
-    global _caught
-    if _caught is not None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: _caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        caught, _caught = _caught, None
-    if caught:
-        raise KeyboardInterrupt
-
-
-_pressed = False  # a Ctrl-C came while ctrl_c_remembered() was on
-
-
-@contextlib.contextmanager
-def ctrl_c_remembered():
-    """Inside the block Ctrl-C raises KeyboardInterrupt as usual, and is remembered so that
-    raise_if_ctrl_c() raises it again: Python drops an exception raised inside a finalizer or a
-    weakref callback (printing "Exception ignored in ...", which is silenced here for Ctrl-C),
-    and a loop would go on as if never stopped."""
-    global _pressed
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def remember(signum, frame):
-        global _pressed
-        _pressed = True
-        raise KeyboardInterrupt
-
-    def report(unraisable) -> None:
-        if not isinstance(
-            unraisable.exc_value, KeyboardInterrupt
-        ):  # a dropped Ctrl-C: raised again
-            previous_hook(unraisable)
-
-    _pressed = False
-    previous, previous_hook = signal.signal(signal.SIGINT, remember), sys.unraisablehook
-    sys.unraisablehook = report
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        sys.unraisablehook = previous_hook
-        _pressed = False
-
-
-def raise_if_ctrl_c() -> None:
-    """Raise KeyboardInterrupt for a Ctrl-C that came and was lost (see ctrl_c_remembered)."""
-    if _pressed:
-        raise KeyboardInterrupt
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from flags import plural
+from helpers.flags import plural
 
 
 class Change(NamedTuple):

@@ -1,14 +1,21 @@
-"""MNIST-style datasets through torchvision, checked and held as one tensor per split."""
+"""MNIST-style datasets through torchvision: the files checked, each split one tensor on the device.
+
+load() is what a run calls: the training split's pixels, the test split's, the latent map's labels.
+"""
 
 import contextlib
 import io
 import os
+from argparse import Namespace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
+
+from helpers.latent import MAP_IMAGES
 
 DATASETS = {
     "mnist": datasets.MNIST,
@@ -171,3 +178,22 @@ def to_pixels(
         generator = torch.Generator(device=device).manual_seed(seed)
         pixels = torch.bernoulli(pixels, generator=generator)
     return pixels
+
+
+class Data(NamedTuple):
+    """The splits as float pixels [N,784] on the device, and the latent map's labels."""
+
+    train: torch.Tensor | None
+    test: torch.Tensor
+    map_labels: torch.Tensor
+
+
+def load(args: Namespace, device: torch.device, train: bool = True) -> Data:
+    """The test split (binarized once, seeded, when the run binarizes), and the training split."""
+    images = load_images(args.dataset, args.data_dir, train=True) if train else None
+    test_images, test_labels = load_split(args.dataset, args.data_dir, train=False)
+    return Data(
+        to_pixels(images, device, args.binarize, seed=args.seed) if train else None,
+        to_test_pixels(test_images, device, args.binarize),
+        test_labels[:MAP_IMAGES],
+    )

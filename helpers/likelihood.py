@@ -1,0 +1,174 @@
+"""How well a model explains a split: the test loss (the −ELBO), and importance-weighted
+estimates of log p(x) (Burda et al. 2015) with the IWAE training bound.
+
+The ELBO of vae.py bounds log p(x) from below; k importance samples per image tighten the bound
+towards log p(x) as k grows. Here: the weights, the bound as a training loss, the estimate on a
+split (the final figure, and the cheap one watched every few epochs).
+"""
+
+import math
+import time
+from argparse import Namespace
+
+import torch
+from tqdm import tqdm
+
+from helpers.messages import density_note
+from vae import (
+    GAUSSIAN_LOG_NORMALIZER,
+    GAUSSIAN_VARIANCE,
+    VAE,
+    kl_divergence,
+    reconstruction_loss,
+    reparameterize,
+)
+
+
+def log_likelihood_given_z(logits: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """log p(x|z) per image; for gaussian, the density with variance GAUSSIAN_VARIANCE per pixel."""
+    nll = reconstruction_loss(logits, x, likelihood)
+    if likelihood == "gaussian":
+        nll = nll / (2 * GAUSSIAN_VARIANCE) + logits.shape[-1] * GAUSSIAN_LOG_NORMALIZER
+    return -nll
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; μ, σ²) summed over the last dimension."""
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(dim=-1)
+
+
+def log_importance_weights(
+    model: VAE,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor,
+    likelihood: str,
+    stl: bool = False,
+) -> torch.Tensor:
+    """log p(x, z) − log q(z|x) at z = μ + σ·ε: shape [n, B] for x [B, 784] and ε [n, B, latent].
+
+    With `stl` (sticking the landing, Roeder et al. 2017) log q is computed with μ and log σ²
+    detached: the same value, but its gradient no longer has the score term ∂ log q/∂(μ, log σ²).
+    """
+    z = reparameterize(mu, logvar, eps)
+    q_mu, q_logvar = (mu.detach(), logvar.detach()) if stl else (mu, logvar)
+    return (
+        log_likelihood_given_z(model.decode(z).float(), x, likelihood)
+        + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+        - _log_normal(z, q_mu, q_logvar)
+    )
+
+
+def negative_iw_bound(
+    model: VAE,
+    x: torch.Tensor,
+    k: int,
+    likelihood: str = "bernoulli",
+    stl: bool = False,
+    eps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """−(the importance-weighted bound with k samples), a per-image mean over the batch.
+
+    The IWAE training loss (Burda et al. 2015); with k = 1 it is the negative ELBO with the KL
+    estimated from the one sample instead of in closed form. For the gaussian likelihood it is in
+    the test loss's units (squared error: −log p(x|z) less 784·GAUSSIAN_LOG_NORMALIZER).
+    ε [k, B, latent] is drawn here unless given.
+    """
+    x = x.reshape(x.shape[0], -1)
+    mu, logvar = (t.float() for t in model.encode(x))
+    if eps is None:
+        eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype)
+    bound = torch.logsumexp(log_importance_weights(model, x, mu, logvar, eps, likelihood, stl), 0)
+    bound = bound - math.log(k)
+    if likelihood == "gaussian":
+        bound = bound + x.shape[-1] * GAUSSIAN_LOG_NORMALIZER
+    return -bound.mean()
+
+
+def importance_weighted_log_likelihood(
+    model: VAE,
+    x: torch.Tensor,
+    k: int,
+    likelihood: str = "gaussian",
+    chunk: int = 100,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x) per image (Burda et al. 2015): shape [B].
+
+    log (1/k) Σ_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), computed with a running log-sum-exp over
+    chunks of `chunk` samples so that memory stays bounded for any k.
+    """
+    x = x.reshape(x.shape[0], -1)
+    mu, logvar = model.encode(x)
+    total = torch.full((x.shape[0],), -math.inf, device=x.device)
+    for start in range(0, k, chunk):
+        n = min(chunk, k - start)
+        eps = torch.randn((n, *mu.shape), device=mu.device, dtype=mu.dtype, generator=generator)
+        log_w = log_importance_weights(model, x, mu, logvar, eps, likelihood)  # [n, B]
+        total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+    return total - math.log(k)
+
+
+@torch.inference_mode()
+def test_loss(model, pixels, args: Namespace, batch: int = 5000) -> dict:
+    """Negative ELBO with its parts on a whole split, per image; the same ε every call (seeded)."""
+    model.eval()
+    generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
+    recon = kl = 0.0
+    for x in pixels.split(batch):
+        mu, logvar = model.encode(x)
+        eps = torch.randn(mu.shape, device=mu.device, generator=generator)
+        logits = model.decode(reparameterize(mu, logvar, eps))
+        recon += reconstruction_loss(logits, x, args.likelihood).sum().item()
+        kl += kl_divergence(mu, logvar).sum().item()
+    n = pixels.shape[0]
+    return {"test_loss": (recon + args.beta * kl) / n, "test_recon": recon / n, "test_kl": kl / n}
+
+
+@torch.inference_mode()
+def mean_log_likelihood(model, pixels, args, k: int, progress: str | None = None) -> float:
+    """Importance-weighted log p(x) with k samples, averaged over `pixels`, the same ε every call
+    (seeded); with a progress bar titled `progress`."""
+    model.eval()
+    generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
+    batches, total = pixels.split(100), 0.0
+    for x in tqdm(batches, desc=progress, unit="batch", mininterval=5, disable=progress is None):
+        log_p = importance_weighted_log_likelihood(
+            model, x, k, args.likelihood, chunk=500, generator=generator
+        )
+        total += log_p.sum().item()
+    return total / pixels.shape[0]
+
+
+def watch_estimate(model, test, args, epoch: int) -> dict:
+    """Every --watch-every epochs, −log p(x) with k = --watch-k on the first --watch-images test
+    images: a cheap view of the log-likelihood; else nothing."""
+    if not args.watch_every or epoch % args.watch_every:
+        return {}
+    images = test[: args.watch_images]
+    return {
+        "watch_nll": -mean_log_likelihood(model, images, args, args.watch_k),
+        "watch_k": args.watch_k,
+        "watch_images": images.shape[0],
+    }
+
+
+def log_likelihood(model, pixels, args: Namespace, k: int, epoch: int) -> dict:
+    """Importance-weighted log p(x) with k samples on a split: printed, and a metrics row."""
+    start = time.perf_counter()
+    mean = mean_log_likelihood(model, pixels, args, k, progress=f"log-likelihood, k={k}")
+    print(
+        f"test log-likelihood (importance-weighted, k={k}, epoch {epoch}): {mean:.2f} nats per "
+        f"image; negative: {-mean:.2f}. Of {density_note(args)}"
+    )
+    return {
+        "evaluation": "importance-weighted",
+        "epoch": epoch,
+        "k": k,
+        "test_log_likelihood": mean,
+        "test_nll": -mean,
+        "likelihood": args.likelihood,
+        "decoder_variance": GAUSSIAN_VARIANCE if args.likelihood == "gaussian" else None,
+        "eval_seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,98 @@
+"""The lines a run prints: its first line, one per epoch, the last, and the one a failure ends with.
+
+Every command printed (how to resume, how to start a server) names the interpreter that runs it,
+so that it works as printed (flags.main_command).
+"""
+
+from argparse import Namespace
+from pathlib import Path
+
+from helpers.flags import main_command, plural
+from vae import GAUSSIAN_LOG_NORMALIZER
+
+
+def describe(args: Namespace, n_train: int, n_test: int, device, epoch: int) -> str:
+    """The run's first line: where, what data, which model, which settings."""
+    sizes = "-".join(map(str, [784, *args.hidden, args.latent_dim]))
+    activation = args.activation
+    if args.decoder_activation not in (None, args.activation):
+        activation += f"/{args.decoder_activation} (encoder/decoder)"
+    return (
+        f"run {args.out}: {args.dataset} ({n_train} train, {n_test} test "
+        f"images) on {device}, VAE {sizes} {activation}, {args.likelihood} likelihood, "
+        f"binarize {args.binarize}, beta {args.beta}, epochs {epoch + 1}..{args.epochs}, "
+        f"batch {args.batch_size}, lr {args.lr}, seed {args.seed}{training_options(args)}"
+    )
+
+
+def training_options(args: Namespace) -> str:
+    """The training flags that differ from their defaults, for the run's first line."""
+    decays = args.lr_schedule in ("cosine", "exponential")
+    options = {
+        f"{args.lr_schedule} lr" + (f" to ×{args.lr_floor}" if decays else ""): args.lr_schedule
+        != "constant",
+        f"warm-up {args.warmup_epochs} epochs": args.warmup_epochs,
+        f"Adam eps {args.adam_eps}": args.adam_eps != 1e-8,
+        f"gradient norm clipped at {args.clip_grad}": args.clip_grad,
+        f"IWAE k={args.train_k}": args.objective == "iwae",
+        "sticking the landing": args.stl,
+        f"−log p(x) k={args.watch_k} every {args.watch_every} epochs": args.watch_every,
+    }
+    return "".join(f", {option}" for option, shown in options.items() if shown)
+
+
+def epoch_line(args: Namespace, row: dict) -> str:
+    """The line printed after an epoch."""
+    watched = f", −log p(x) {row['watch_nll']:.2f}" if "watch_nll" in row else ""
+    return (
+        f"epoch {row['epoch']}/{args.epochs}: train {row['train_loss']:.2f}, "
+        f"test {row['test_loss']:.2f} (reconstruction {row['test_recon']:.2f} + "
+        f"KL {row['test_kl']:.2f}) per image{watched}, "
+        f"{row['active_units']} of {args.latent_dim} latent dims active, "
+        f"{row['epoch_seconds']:.1f}s, {row['train_images_per_second']:,.0f} images/s"
+    )
+
+
+def done_line(args: Namespace, history: list[dict], online: bool) -> str:
+    """The line a finished run ends with: its test loss and where to look."""
+    out = Path(args.out)
+    shown = f"http://localhost:{args.visdom_port} (env {args.visdom_env})" if online else None
+    return (
+        f"done: test loss {history[-1]['test_loss']:.2f} per image after "
+        f"{plural(len(history), 'epoch')}; run folder {out}; "
+        f"look at {shown or f'{out}/*.png'}; metrics in {out / 'metrics.jsonl'}"
+    )
+
+
+def density_note(args: Namespace) -> str:
+    """What the log-likelihood is of, and how it relates to the test loss."""
+    if args.likelihood == "bernoulli":
+        return "bernoulli pixels: a probability; −log p(x) ≤ the test loss (the −ELBO)"
+    constant = 784 * GAUSSIAN_LOG_NORMALIZER  # 392·log π
+    return (
+        f"gaussian pixels: the density N(decoder mean, variance 0.5) over [0,1]^784, whose "
+        f"−ELBO is the test loss (squared error + KL) + {constant:.2f} (392·log π), so "
+        "−log p(x) ≤ test loss + that constant; compare it only with other gaussian figures"
+    )
+
+
+def kept(out: Path, epochs: int) -> str:
+    """What the run folder keeps, and how to go on from it."""
+    if not epochs:
+        return "nothing was saved yet (the first epoch had not finished)"
+    return (
+        f"{out / 'checkpoint.pt'} holds epoch {epochs}. "
+        f"Resume with: {main_command()} --resume {out / 'checkpoint.pt'}"
+    )
+
+
+def failure(error: Exception, args: Namespace, folder) -> str:
+    """The one line a failed run ends with: what failed, what is kept, what to try."""
+    if type(error).__name__ != "NonFiniteLoss":
+        return str(error)
+    epochs = len(folder.history)
+    kept = f"{folder.out / 'checkpoint.pt'} keeps epoch {epochs}" if epochs else None
+    return (
+        f"{error}; {kept or 'no checkpoint was written'}. "
+        f"Try a smaller --lr (now {args.lr}) or --batch-size"
+    )

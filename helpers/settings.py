@@ -1,0 +1,85 @@
+"""A run's settings: the flags, merged with the checkpoint's they name, checked before any work;
+and the device.
+
+A checkpoint keeps the flags a run was made with. Given it again (--resume, --evaluate,
+--generate), every flag not on the command line comes from it, except the ones of one invocation
+(flags.MODE_FLAGS); the model-and-data flags given must agree with it.
+"""
+
+from argparse import Namespace
+
+import torch
+
+from helpers import flags
+from helpers.checkpoint import CheckpointError, load_checkpoint
+from helpers.runfiles import RunFolder
+
+
+def flush_denormals() -> None:
+    """Treat floats below 1.2e-38 as zero on the CPU, which computes on them slowly.
+
+    Adam's second moments for the pixels the decoder switches off sink into that range. Call this
+    before torch's first parallel work: its worker threads copy the setting when they start.
+    """
+    torch.set_flush_denormal(True)
+
+
+def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None:
+    """Take the checkpoint's settings for every flag not given; model flags must agree with it."""
+    given, saved = flags.given(argv), checkpoint["args"]
+    for flag in flags.MODEL_FLAGS:  # saved.get: older checkpoints lack newer model flags
+        if flag in given and getattr(args, flag) != saved.get(flag):
+            flags.fail(
+                f"the checkpoint has {flag} {saved.get(flag)}, the flags say "
+                f"{getattr(args, flag)}: drop --{flag.replace('_', '-')} to continue it, "
+                "or start a new run"
+            )
+    for key, value in saved.items():
+        if key not in given and key not in flags.MODE_FLAGS:
+            setattr(args, key, value)
+    if args.resume and args.epochs <= checkpoint["epoch"]:
+        flags.fail(
+            f"the checkpoint has finished {checkpoint['epoch']} epochs already: "
+            f"pass --epochs N with N > {checkpoint['epoch']} to train further"
+        )
+    if args.resume and (given & set(flags.SCHEDULE_FLAGS) or "lr_schedule" not in checkpoint):
+        # a new lr schedule from here to --epochs (checkpoints without one had a constant lr)
+        checkpoint["lr_schedule"] = {"start": checkpoint["epoch"], "end": args.epochs}
+
+
+def resolve(argv: list[str]) -> tuple[Namespace, dict | None, RunFolder]:
+    """(flags, the checkpoint they name or None, the run folder); exit 2 on a bad flag, before
+    any data is read."""
+    args = flags.parse(argv)
+    source = args.resume or args.evaluate or args.generate
+    checkpoint = None
+    if source:
+        try:
+            checkpoint = load_checkpoint(source)
+        except CheckpointError as error:
+            flags.fail(str(error))
+        merge_checkpoint(args, argv, checkpoint)
+    flags.check(args)
+    for kind, available in (
+        ("cuda", torch.cuda.is_available),
+        ("mps", torch.backends.mps.is_available),
+    ):
+        if args.device == kind and not available():
+            flags.fail(
+                f"--device {kind}: torch finds no {kind.upper()} device here; "
+                "use --device auto or cpu"
+            )
+    return args, checkpoint, RunFolder.prepare(args, source)
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto is CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
+    return torch.device(name)
