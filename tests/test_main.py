@@ -2,6 +2,7 @@
 
 import math
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -401,3 +402,29 @@ def test_the_flags_offer_what_the_model_and_data_know():
     assert set(flags.ACTIVATIONS) == set(vae.ACTIVATIONS)
     assert set(flags.LIKELIHOODS) == set(vae.LIKELIHOODS)
     assert set(flags.DATASETS) == set(data.DATASETS)
+
+
+# tests/data/checkpoint-564078d.pt: written by the code of commit 564078d (before the helpers
+# package), `--epochs 2 --batch-size 64 --num-images 16 --hidden 4 --latent-dim 2 --lr-schedule
+# cosine --watch-every 1 --watch-k 5 --watch-images 20` on conftest's tiny data. That code, resumed
+# with `--epochs 3 --threads 1`, ended epoch 3 with these losses.
+OLD_CHECKPOINT = ROOT / "tests" / "data" / "checkpoint-564078d.pt"
+OLD_EPOCH_3 = {"train_loss": 55.452911376953125, "test_loss": 53.96818622946739}
+
+
+def test_a_checkpoint_of_the_old_layout_resumes_evaluates_and_generates(data_dir, tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    shutil.copy(OLD_CHECKPOINT, out / "checkpoint.pt")
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["history"]
+    given = ["--data-dir", str(data_dir), "--no-visdom"]
+    resume = ["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--threads", "1", *given]
+    assert main.main(resume) == 0
+    rows = metrics(out)
+    assert rows[:2] == saved and rows[2]["epoch"] == 3
+    for key, value in OLD_EPOCH_3.items():  # the same continuation as the old code's
+        assert rows[2][key] == pytest.approx(value, rel=1e-4)
+    assert main.main(["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "5", *given]) == 0
+    assert metrics(out)[-1]["evaluation"] == "importance-weighted" and metrics(out)[-1]["k"] == 5
+    assert main.main(["--generate", str(out / "checkpoint.pt"), *given]) == 0
+    assert {"samples.png", "manifold.png", "latent_map.png"} <= {p.name for p in out.iterdir()}
