@@ -16,6 +16,7 @@ from helpers import flags
 if __name__ == "__main__":  # --help and a mistyped flag answer here, before torch loads
     flags.parse(sys.argv[1:])
 
+import functools
 import math
 import time
 from argparse import Namespace
@@ -28,6 +29,7 @@ from helpers import data, likelihood, messages, modes, runfiles, schedules, sett
 from helpers.checkpoint import CheckpointError, append_metrics
 from helpers.ctrl_c import ctrl_c_remembered, raise_if_ctrl_c
 from helpers.latent import MAP_IMAGES, active_units, latent_means
+from helpers.runfiles import writing
 from helpers.threads import ThreadTuner
 from vae import VAE, negative_elbo
 
@@ -136,35 +138,41 @@ def train(
     print(f"{first_line}; {threads.describe()}")
 
     start = time.perf_counter() - (folder.history[-1]["elapsed_seconds"] if done else 0.0)
-    for epoch in range(done + 1, args.epochs + 1):
-        # an epoch of training, timed
-        tick = time.perf_counter()
-        train_loss = train_epoch(
-            model, loss_fn, optimizer, splits.train, args, epoch, device, threads, lr_at
-        )
-        seconds = time.perf_counter() - tick
-        # the test set: the loss, the active latent dimensions, and now and then −log p(x)
-        means = latent_means(model, splits.test[:MAP_IMAGES])  # the latent map's points
-        activity = active_units(means)
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(likelihood.test_loss(model, splits.test, args), active_units=activity.count)
-        row.update(likelihood.watch_estimate(model, splits.test, args, epoch))
-        row.update(
-            epoch_seconds=seconds,
-            eval_seconds=time.perf_counter() - tick - seconds,
-            elapsed_seconds=time.perf_counter() - start,
-            train_images_per_second=len(splits.train) / seconds,
-            threads=threads.epoch_threads(),
-        )
-        # save the checkpoint with its metrics line, print the epoch, show it
-        folder.save_epoch(model, optimizer, args, row, device)
-        print(messages.epoch_line(args, row))
-        show.show_epoch(model, epoch, means, activity, folder.history)
+    try:
+        for epoch in range(done + 1, args.epochs + 1):
+            # an epoch of training, timed
+            tick = time.perf_counter()
+            train_loss = train_epoch(
+                model, loss_fn, optimizer, splits.train, args, epoch, device, threads, lr_at
+            )
+            seconds = time.perf_counter() - tick
+            # the test set: the loss, the active latent dimensions, and now and then −log p(x)
+            means = latent_means(model, splits.test[:MAP_IMAGES])  # the latent map's points
+            activity = active_units(means)
+            row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+            row.update(likelihood.test_loss(model, splits.test, args), active_units=activity.count)
+            row.update(likelihood.watch_estimate(model, splits.test, args, epoch))
+            row.update(
+                epoch_seconds=seconds,
+                eval_seconds=time.perf_counter() - tick - seconds,
+                elapsed_seconds=time.perf_counter() - start,
+                train_images_per_second=len(splits.train) / seconds,
+                threads=threads.epoch_threads(),
+            )
+            print(messages.epoch_line(args, row))
+            # save the checkpoint with its metrics line, then show the pictures: written from a
+            # copy by another thread while the next epoch trains
+            grids, latent = show.pictures(model, epoch, means, activity)
+            then = functools.partial(show.show, grids, latent=latent)  # then(history)
+            folder.save_epoch(model, optimizer, args, row, device, then)
+    finally:  # done, stopped or failed: the write in flight ends, the last pictures go to PNGs
+        folder.finish()
+        writing(show.save)
 
     # after the last epoch: −log p(x) if --eval-k asks for it, and where to look
     if args.eval_k:
         row = likelihood.log_likelihood(model, splits.test, args, args.eval_k, args.epochs)
-        append_metrics(folder.out / "metrics.jsonl", row)
+        writing(append_metrics, folder.metrics, row)
     print(messages.done_line(args, folder.history, show.online))
     return 0
 
@@ -183,9 +191,9 @@ def main(argv: list[str]) -> int:
         with ctrl_c_remembered():
             return mode(args, checkpoint, folder, device)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {messages.kept(folder.out, len(folder.history))}")
+        print(f"\ninterrupted; {messages.kept(folder.out, folder.saved_epochs)}")
         return 130
-    except (data.DataError, CheckpointError, runfiles.NonFiniteLoss) as error:
+    except (data.DataError, CheckpointError, runfiles.NonFiniteLoss, runfiles.WriteError) as error:
         print(f"error: {messages.failure(error, args, folder)}", file=sys.stderr)
         return 2 if isinstance(error, CheckpointError) else 1
     finally:

@@ -58,16 +58,31 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.mps.set_rng_state(state["mps"])
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a temporary file, flushed to disk, then renamed over the old one."""
+def save_checkpoint(path: Path, state: dict, metrics: Path, row: dict) -> None:
+    """Write the checkpoint and its line of metrics.jsonl together or not at all: the checkpoint
+    to a temporary file, flushed to disk; the line appended; then the file renamed over the old
+    checkpoint. A failure (a full disk: OSError) undoes the line and leaves the old checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
+    size = metrics.stat().st_size if metrics.exists() else 0
     with ctrl_c_held():
         try:
             with open(tmp, "wb") as f:
-                torch.save(state, f)
+                try:
+                    torch.save(state, f)
+                except RuntimeError as error:  # torch's own error for a failed write: its cause
+                    if isinstance(error.__context__, OSError):
+                        raise error.__context__ from None
+                    raise
                 f.flush()
                 os.fsync(f.fileno())
+            append_metrics(metrics, row)
             os.replace(tmp, path)
+        except BaseException as error:
+            if metrics.exists() and metrics.stat().st_size > size:
+                os.truncate(metrics, size)  # frees space: possible on a full disk
+            if isinstance(error, OSError) and not error.filename:  # a write's error names no file
+                raise OSError(error.errno, error.strerror, str(path)) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 

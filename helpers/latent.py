@@ -1,14 +1,14 @@
 """What the latent space learned: active units, a 2-D projection of the latent means, the map.
 
-Pure functions of tensors (and one matplotlib rendering to a uint8 image); no Visdom, no files.
+Pure functions of tensors (and the map drawn as a uint8 image); no Visdom, no files.
 """
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: dimension u is active when Cov_x(E_q(z|x)[z_u]) > 0.01
 MAP_IMAGES = 2000  # the first this many test images are the map's points and the activity's sample
@@ -93,26 +93,38 @@ def latent_map(
     return LatentMap(points.cpu(), labels.cpu(), names, title, axis_labels)
 
 
-def map_image(
-    latent: LatentMap, size_inches: tuple[float, float] = (7.0, 5.6), dpi: int = 100
-) -> torch.Tensor:
-    """The map as a scatter coloured by class with a legend, drawn by matplotlib: uint8 [3,H,W]."""
-    figure = Figure(figsize=size_inches, dpi=dpi, layout="constrained")
-    canvas = FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+# matplotlib's tab10, one colour per class
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+def map_image(latent: LatentMap, size: tuple[int, int] = (700, 560)) -> torch.Tensor:
+    """The map as a scatter coloured by class, with a legend, axis labels and the title wrapped
+    above: uint8 [3,H,W], drawn with PIL (milliseconds, where matplotlib takes a tenth of a
+    second and as long again to import)."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=13)
+    lines = textwrap.wrap(latent.title, width=80)
+    top, left, right, bottom = 24 + 17 * len(lines), 50, width - 120, height - 40
+    for i, line in enumerate(lines):
+        draw.text((width // 2, 12 + 17 * i), line, fill="black", font=font, anchor="mt")
+    draw.rectangle((left, top, right, bottom), outline="black")
+    draw.text(((left + right) // 2, height - 12), latent.axis_labels[0], "black", font, "ms")
+    draw.text((14, (top + bottom) // 2), latent.axis_labels[1], "black", font, "mm")
+    points = latent.points.float()
+    low, high = points.min(dim=0).values, points.max(dim=0).values
+    span = (high - low).clamp_min(1e-9)
+    inner = torch.tensor([right - left - 16.0, bottom - top - 16.0])
+    xy = (points - low) / span * inner + torch.tensor([left + 8.0, 0.0])
+    xy[:, 1] = bottom - 8.0 - xy[:, 1]  # y grows upwards
+    for (x, y), label in zip(xy.tolist(), latent.labels.tolist()):
+        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=PALETTE[label % len(PALETTE)])
     for index, name in enumerate(latent.names):
-        chosen = latent.labels == index
-        if chosen.any():
-            xy = latent.points[chosen].numpy()
-            axes.scatter(
-                xy[:, 0], xy[:, 1], s=6, color=f"C{index % 10}", label=name, alpha=0.7, linewidths=0
-            )
-    axes.set_xlabel(latent.axis_labels[0])
-    axes.set_ylabel(latent.axis_labels[1])
-    axes.set_title(latent.title, fontsize=8, wrap=True)
-    axes.legend(
-        loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2.5, fontsize=8, frameon=False
-    )
-    canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+        y = top + 10 + 20 * index
+        draw.ellipse((right + 14, y - 4, right + 22, y + 4), fill=PALETTE[index % len(PALETTE)])
+        draw.text((right + 30, y), name, fill="black", font=font, anchor="lm")
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()

@@ -88,11 +88,15 @@ def kept(out: Path, epochs: int) -> str:
 
 def failure(error: Exception, args: Namespace, folder) -> str:
     """The one line a failed run ends with: what failed, what is kept, what to try."""
+    epochs, checkpoint = folder.saved_epochs, folder.out / "checkpoint.pt"
+    if type(error).__name__ == "WriteError":
+        if not epochs:
+            return f"{error}; no checkpoint was written: free some space or choose another --out"
+        return (
+            f"{error}; {checkpoint} of epoch {epochs} is intact. Free some space, then resume "
+            f"with: {main_command()} --resume {checkpoint}"
+        )
     if type(error).__name__ != "NonFiniteLoss":
         return str(error)
-    epochs = len(folder.history)
-    kept = f"{folder.out / 'checkpoint.pt'} keeps epoch {epochs}" if epochs else None
-    return (
-        f"{error}; {kept or 'no checkpoint was written'}. "
-        f"Try a smaller --lr (now {args.lr}) or --batch-size"
-    )
+    kept = f"{checkpoint} keeps epoch {epochs}" if epochs else "no checkpoint was written"
+    return f"{error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size"

@@ -8,7 +8,9 @@
 
 import datetime
 import json
+import threading
 from argparse import Namespace
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,7 +18,6 @@ import torch
 from helpers import flags
 from helpers.checkpoint import (
     CheckpointError,
-    append_metrics,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -38,6 +39,61 @@ TIMING_KEYS = (
 
 class NonFiniteLoss(Exception):
     """The loss or the weights stopped being finite numbers: the run cannot go on."""
+
+
+class WriteError(Exception):
+    """A file of the run folder could not be written (a full disk, say); the message says which."""
+
+
+def writing(function: Callable, *args) -> None:
+    """function(*args), an OSError it raises (a full disk, say) raised as a WriteError."""
+    try:
+        function(*args)
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        raise WriteError(f"writing{where} failed ({error.strerror or error})") from None
+
+
+def on_cpu(state):
+    """A copy of a state dict (nested dicts and lists of tensors) with every tensor on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: on_cpu(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(on_cpu(value) for value in state)
+    return state
+
+
+class Writer:
+    """Runs one job at a time on a thread of its own: submit() waits for the job before, so the
+    writes stay in order and at most one is in flight. A job's exception is raised in the main
+    thread, by the next submit() or wait()."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self.thread = threading.Thread(target=self.run, args=(job,), name="run-folder writer")
+        self.thread.start()
+
+    def run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as error:  # raised again in the main thread
+            self.error = error
+
+    def wait(self) -> None:
+        """Wait for the job in flight, with Ctrl-C held off meanwhile; raise its error, if any."""
+        if self.thread is not None:
+            with ctrl_c_held():
+                self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 def build_model(args: Namespace, device: torch.device) -> VAE:
@@ -71,8 +127,11 @@ class RunFolder:
 
     def __init__(self, out: Path, created: bool) -> None:
         self.out, self.created = out, created
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # a row per epoch trained, written or being written
+        self.saved_epochs = 0  # the epoch checkpoint.pt holds, once written
         self.span: dict = {}
+        self.writer = Writer()
+        self.metrics = out / "metrics.jsonl"
 
     @classmethod
     def prepare(cls, args: Namespace, source: str | None) -> "RunFolder":
@@ -112,11 +171,13 @@ class RunFolder:
         if checkpoint:
             restore(model, optimizer, checkpoint, args)
             set_rng_state(checkpoint["rng"], device)
-            write_metrics(self.out / "metrics.jsonl", checkpoint["history"], checkpoint["epoch"])
+            writing(write_metrics, self.metrics, checkpoint["history"], checkpoint["epoch"])
             self.history, self.span = checkpoint["history"], checkpoint["lr_schedule"]
+            self.saved_epochs = checkpoint["epoch"]
         else:
             self.span = {"start": 0, "end": args.epochs}
-        (self.out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        text = json.dumps(vars(args), indent=2) + "\n"
+        writing(Path.write_text, self.out / "args.json", text)
 
     def save_epoch(
         self,
@@ -125,24 +186,40 @@ class RunFolder:
         args: Namespace,
         row: dict,
         device: torch.device,
+        then: Callable[[list[dict]], None] | None = None,
     ) -> None:
-        """Add the epoch to the history and write the checkpoint and its metrics line: both, or
-        neither (a Ctrl-C waits for them)."""
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        """Add the epoch to the history; write its checkpoint and metrics line (both, or neither),
+        then call then(history) (the pictures), on the writer's thread while the next epoch
+        trains.
+
+        What is written is a copy taken now, on the CPU; the write before it finishes first, and
+        its error, if any, is raised here (a WriteError).
+        """
+        weights = list(model.parameters())
+        if not torch.stack([torch.isfinite(w).all() for w in weights]).all():  # one host sync
             raise NonFiniteLoss(f"the weights became non-finite in epoch {row['epoch']}")
-        with ctrl_c_held():
-            self.history.append(row)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": row["epoch"],
-                "args": vars(args),
-                "rng": rng_state(device),
-                "history": self.history,
-                "lr_schedule": self.span,
-            }
-            save_checkpoint(self.out / "checkpoint.pt", state)
-            append_metrics(self.out / "metrics.jsonl", row)
+        self.history.append(row)
+        state = {
+            "model": on_cpu(model.state_dict()),
+            "optimizer": on_cpu(optimizer.state_dict()),
+            "epoch": row["epoch"],
+            "args": dict(vars(args)),
+            "rng": rng_state(device),
+            "history": list(self.history),
+            "lr_schedule": dict(self.span),
+        }
+
+        def write() -> None:
+            writing(save_checkpoint, self.out / "checkpoint.pt", state, self.metrics, row)
+            self.saved_epochs = row["epoch"]
+            if then is not None:
+                writing(then, state["history"])
+
+        self.writer.submit(write)
+
+    def finish(self) -> None:
+        """Wait for the write in flight (holding Ctrl-C off meanwhile); raise its error."""
+        self.writer.wait()
 
     def remove_if_empty(self) -> None:
         """A run that failed before writing anything leaves no folder it created behind."""

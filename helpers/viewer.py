@@ -1,8 +1,9 @@
 """Showing a run: image grids and the loss plot to a Visdom server, and the grids as PNG files.
 
 The Visdom client has no timeouts of its own, so every request here has one. A server that is
-down or stops answering costs at most one timeout; the run then goes on without it, keeps
-writing the PNGs (which it always does), and tries the server again at a later epoch.
+down or stops answering costs at most one timeout; the run then goes on without it, writes the
+pictures as PNG files every epoch, and tries the server again at a later epoch. While a server
+shows them, the PNG files are written once, at the end (or when the run is stopped).
 """
 
 import logging
@@ -65,7 +66,8 @@ def save_pngs(
 
 
 class Viewer:
-    """Sends windows to Visdom (when reachable) and writes every grid to <out>/<name>.png.
+    """Sends windows to Visdom (when reachable) and writes the grids to <out>/<name>.png (every
+    epoch while no server shows them, else by save() at the end).
 
     With `log_file`, every message meant for Visdom is also appended to that file (the client's
     log_to_filename), server or not; tools/replay_visdom_log.py sends it to a server later.
@@ -86,6 +88,7 @@ class Viewer:
         self.retry_seconds = retry_seconds
         self.lost_at = 0.0  # when the server was last found unreachable
         self.client = None
+        self.unsaved: tuple[dict, LatentMap | None] | None = None  # pictures not in PNG files
         if server is None and log_file is None:
             return
         try:
@@ -125,11 +128,17 @@ class Viewer:
         viewer.labels, viewer.names = labels, names
         return viewer
 
-    def show_epoch(self, model, epoch: int, means, activity: Activity, history: list[dict]):
-        """An epoch's windows: the grids of the fixed inputs, the plots, the map of `means`."""
+    def pictures(self, model, epoch: int, means, activity: Activity) -> tuple[dict, LatentMap]:
+        """An epoch's pictures, on the CPU: the grids of the fixed inputs, the map of `means`."""
         images, z, nrow = self.inputs
         shown = figures(model.eval(), images, z, epoch, nrow, activity)
-        self.show(shown, history, latent_map(means, self.labels, self.names, activity, epoch))
+        return shown, latent_map(means, self.labels, self.names, activity, epoch)
+
+    def save(self) -> None:
+        """Write the last pictures shown as PNG files, if they are not written yet."""
+        if self.unsaved is not None:
+            save_pngs(self.out, *self.unsaved)
+            self.unsaved = None
 
     @property
     def online(self) -> bool:
@@ -167,9 +176,12 @@ class Viewer:
         history: list[dict],
         latent: LatentMap | None = None,
     ) -> None:
-        """Write each grid (name → (uint8 image, title)) as PNG, and the latent map as
-        latent_map.png; then send them, the loss plot and the active units per epoch."""
-        save_pngs(self.out, grids, latent)
+        """Send the grids (name → (uint8 image, title)), the loss plot, the latent map and the
+        active units per epoch. While no server shows them, write them as PNG files too (else
+        close() does, at the end)."""
+        self.unsaved = (grids, latent)
+        if not self.online:
+            self.save()
         if self.client is None:
             return
         lost_long_enough = time.monotonic() - self.lost_at >= self.retry_seconds

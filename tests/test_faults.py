@@ -1,9 +1,12 @@
 """Faults a long run meets: kill -9, a diverging loss, damaged files, bad checkpoints, bad flags."""
 
+import errno
+import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -21,6 +24,7 @@ from conftest import (
     synthetic_digits,
     wait_for,
 )
+from helpers import checkpoint, messages, runfiles
 
 
 def error_line(capsys) -> str:
@@ -284,3 +288,88 @@ def test_an_out_folder_holding_a_run_is_not_overwritten(data_dir, tmp_path, caps
         [*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)], capsys
     )
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+class FullDisk:
+    """A file whose writes fail as on a full disk, after writing half of what they were given."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def write(self, data) -> int:
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self) -> "FullDisk":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.file.close()
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "metrics line"])
+def test_a_full_disk_ends_in_one_line_and_keeps_the_checkpoint_with_its_metrics(
+    data_dir, tmp_path, capsys, monkeypatch, full_at
+):
+    out = tmp_path / "run"
+    mode = "wb" if full_at == "checkpoint" else "a"  # how save_checkpoint opens each file
+    opened = []
+
+    def open_on_a_disk_that_fills(path, how="r", *args, **kwargs):
+        file = open(path, how, *args, **kwargs)
+        opened.append(how)
+        return FullDisk(file) if how == mode and opened.count(how) == 2 else file  # epoch 2
+
+    monkeypatch.setattr(checkpoint, "open", open_on_a_disk_that_fills, raising=False)
+    run = [*QUICK, "--epochs", "3", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main(run) == 1
+    message = error_line(capsys)
+    assert f"writing {out / 'checkpoint.pt'} failed (No space left on device)" in message
+    assert f"{out / 'checkpoint.pt'} of epoch 1 is intact" in message
+    assert f"--resume {out / 'checkpoint.pt'}" in message
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    lines = (out / "metrics.jsonl").read_text()
+    assert lines.count("\n") == 1 and lines.endswith("\n")  # no torn line of epoch 2
+    assert [row["epoch"] for row in metrics(out)] == [1]
+    assert not (out / "checkpoint.pt.tmp").exists()
+    monkeypatch.undo()  # space freed: the printed command goes on from epoch 1
+    assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3"]) == 0
+    assert [row["epoch"] for row in metrics(out)] == [1, 2, 3]
+
+
+def test_ctrl_c_waits_for_the_write_in_flight(data_dir, tmp_path, capsys, monkeypatch):
+    # Epoch 1's write holds until the run has reported its Ctrl-C (or 5 s have passed): a run
+    # that did not wait for it would report that nothing was saved.
+    out, reported = tmp_path / "run", threading.Event()
+    real_save, real_kept, real_train_epoch = (
+        runfiles.save_checkpoint,
+        messages.kept,
+        main.train_epoch,
+    )
+
+    def slow_save(*args) -> None:
+        reported.wait(5)
+        real_save(*args)
+
+    def kept(*args) -> str:
+        reported.set()
+        return real_kept(*args)
+
+    def train_epoch(*args, **kwargs):
+        if args[5] == 2:  # epoch 2 starts while epoch 1 is being written: Ctrl-C
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(runfiles, "save_checkpoint", slow_save)
+    monkeypatch.setattr(messages, "kept", kept)
+    monkeypatch.setattr(main, "train_epoch", train_epoch)
+    run = [*QUICK, "--epochs", "3", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main(run) == 130
+    assert "holds epoch 1. Resume with:" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [row["epoch"] for row in metrics(out)] == [1]
+    assert {"samples.png", "latent_map.png"} <= {path.name for path in out.iterdir()}

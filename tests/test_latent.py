@@ -105,6 +105,8 @@ def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path
     assert shown["latent_map"]["title"].startswith("latent map of 400 test images: PCA of the 5-D")
     assert "5 of 5 dims active, epoch 1" in shown["latent_map"]["title"]
     assert shown["active_units"]["content"]["data"][0]["y"] == [5]
+    assert not (tmp_path / "latent_map.png").exists()  # a server shows it: PNGs at the end
+    viewer.save()
     assert (tmp_path / "latent_map.png").read_bytes()[:4] == b"\x89PNG"
 
 
