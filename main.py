@@ -17,6 +17,7 @@ if __name__ == "__main__":  # --help and a mistyped flag answer here, before tor
     flags.parse(sys.argv[1:])
 
 import functools
+import gc
 import math
 import time
 from argparse import Namespace
@@ -180,6 +181,7 @@ def train(
 def main(argv: list[str]) -> int:
     """Run what the flags ask for. Exit status: 0 done; 1 a failure, explained in one line;
     2 a bad flag or checkpoint; 130 Ctrl-C (the last finished epoch is kept)."""
+    gc.freeze()  # torch's million objects stay: the collector skips them, now and at exit
     settings.flush_denormals()
     args, checkpoint, folder = settings.resolve(argv)  # a bad flag exits here, before any work
     device = settings.pick_device(args.device)
