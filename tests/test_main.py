@@ -12,7 +12,7 @@ import torch
 
 import main
 import vae
-from conftest import QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
+from conftest import DEVICES, QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
 from helpers import data, flags, runfiles
 from helpers.threads import ThreadTuner
 
@@ -23,9 +23,11 @@ def without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
-def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys, device):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    argv = [*QUICK, "--data-dir", str(data_dir), "--out", str(out), "--device", device]
+    assert main.main(argv) == 0
     rows = metrics(out)
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
@@ -219,7 +221,8 @@ def test_gz_files_that_are_not_torchvisions_are_used_without_a_download(tmp_path
     assert "downloading" not in printed and "after 1 epoch;" in printed
 
 
-def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys, device):
     out = tmp_path / "run"
     assert (
         main.main(
@@ -233,6 +236,8 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
                 str(data_dir),
                 "--out",
                 str(out),
+                "--device",
+                device,
             ]
         )
         == 0
@@ -240,7 +245,8 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     for png in out.glob("*.png"):
         png.unlink()
     capsys.readouterr()
-    assert main.main(["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "20"]) == 0
+    evaluate = ["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "20", "--device", device]
+    assert main.main(evaluate) == 0
     printed = capsys.readouterr().out
     assert "k=20" in printed and "variance 0.5" in printed and "392·log π" in printed
     evaluation = metrics(out)[-1]
@@ -253,7 +259,7 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     elbo = -evaluation["test_loss"] - 784 * 0.5 * math.log(math.pi)
     assert f"+ {784 * 0.5 * math.log(math.pi):.2f} (392·log π)" in printed  # as the output says
     assert evaluation["test_log_likelihood"] > elbo
-    assert main.main(["--generate", str(out / "checkpoint.pt")]) == 0
+    assert main.main(["--generate", str(out / "checkpoint.pt"), "--device", device]) == 0
     assert {png.name for png in out.glob("*.png")} == {
         "originals.png",
         "reconstructions.png",
@@ -264,12 +270,15 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     }
 
 
-def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_path, capsys, device):
     out = tmp_path / "run"
     assert (
         main.main(
             [
                 *QUICK,
+                "--device",
+                device,
                 "--likelihood",
                 "bernoulli",
                 "--binarize",
@@ -295,19 +304,21 @@ def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_pa
     assert -rows[1]["test_loss"] < rows[-1]["test_log_likelihood"] < 0
 
 
-def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic(device):
     from helpers.data import to_pixels
 
+    device = torch.device(device)
     images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
-    first = to_pixels(images, torch.device("cpu"), "static", seed=1)
+    first = to_pixels(images, device, "static", seed=1)
     assert set(first.unique().tolist()) == {0.0, 1.0}
-    assert torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=1))
-    assert not torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=2))
-    grey = to_pixels(images, torch.device("cpu"))
-    assert torch.equal(grey, images.reshape(50, -1) / 255)
+    assert torch.equal(first, to_pixels(images, device, "static", seed=1))
+    assert not torch.equal(first, to_pixels(images, device, "static", seed=2))
+    grey = to_pixels(images, device)
+    assert torch.equal(grey.cpu(), images.reshape(50, -1) / 255)
     # dynamic: train_epoch draws fresh binary pixels from the grey ones at every use
     args = flags.parse(["--binarize", "dynamic", "--batch-size", "50"])
-    model = runfiles.build_model(args, torch.device("cpu"))
+    model = runfiles.build_model(args, device)
     seen = []
 
     def record(model, x, args):
@@ -316,7 +327,7 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
 
     for epoch in range(200):
         optimizer = runfiles.build_optimizer(model, args)
-        main.train_epoch(model, record, optimizer, grey, args, epoch, "cpu", ThreadTuner(None))
+        main.train_epoch(model, record, optimizer, grey, args, epoch, device, ThreadTuner(None))
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
     # the mean of binarized pixels follows the intensities (the order is shuffled: compare sums)
