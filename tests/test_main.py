@@ -13,7 +13,7 @@ import torch
 import main
 import vae
 from conftest import DEVICES, QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
-from helpers import data, flags, runfiles
+from helpers import data, flags, runfiles, settings
 from helpers.threads import ThreadTuner
 
 TIMINGS = set(runfiles.TIMING_KEYS)
@@ -170,6 +170,35 @@ def test_a_ctrl_c_that_python_drops_in_a_weakref_callback_still_stops_the_run(
     printed = capsys.readouterr()
     assert "holds epoch 1. Resume with:" in printed.out and "Traceback" not in printed.err
     assert [row["epoch"] for row in metrics(out)] == [1]
+
+
+def test_a_checkpoint_from_a_gpu_machine_evaluates_and_resumes_here(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    """Where a run computes belongs to the invocation: a checkpoint made with --device cuda
+    --threads 7 --compile --amp, whose data folder this machine lacks, evaluates and resumes here
+    with this invocation's settings (no --device: auto), reading the data from ./data."""
+    out = tmp_path / "run"
+    checkpoint = str(out / "checkpoint.pt")
+    argv = [*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main(argv) == 0
+    assert settings.resolve(["--evaluate", checkpoint])[0].data_dir == str(data_dir)  # it is here
+    state = torch.load(checkpoint, weights_only=True)
+    gone = str(tmp_path / "gpu-box" / "data")  # where the data was on the machine it came from
+    state["args"].update(device="cuda", threads=7, compile=True, amp=True, data_dir=gone)
+    torch.save(state, checkpoint)
+    laptop = tmp_path / "laptop"
+    write_mnist(laptop / "data" / "MNIST" / "raw")
+    monkeypatch.chdir(laptop)
+    args = settings.resolve(["--evaluate", checkpoint])[0]
+    assert (args.device, args.threads, args.compile, args.amp) == ("auto", None, False, False)
+    assert args.data_dir == "./data"
+    assert f"--data-dir {gone} holds no mnist here: reading ./data" in capsys.readouterr().out
+    assert main.main(["--evaluate", checkpoint, "--eval-k", "5"]) == 0
+    assert main.main(["--resume", checkpoint, "--epochs", "2"]) == 0
+    assert [row["epoch"] for row in metrics(out)] == [1, 1, 2]  # epoch 1, its evaluation, 2
+    saved = torch.load(checkpoint, weights_only=True)["args"]  # this invocation's settings
+    assert (saved["device"], saved["compile"], saved["data_dir"]) == ("auto", False, "./data")
 
 
 @pytest.mark.parametrize(
