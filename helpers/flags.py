@@ -195,7 +195,7 @@ def build_parser() -> Parser:
         choices=("none", "dynamic", "static"),
         default="none",
         help="pixels ~ Bernoulli(intensity) at each use (dynamic) or once (static); "
-        "the test set once, with a fixed seed",
+        "the test set once, with a fixed seed (static draws: on the CPU, the same on any device)",
     )
     model.add_argument("--dataset", choices=DATASETS, default="mnist", help="torchvision dataset")
     model.add_argument(

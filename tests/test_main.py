@@ -365,6 +365,30 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic(device):
     )
 
 
+@pytest.mark.parametrize("device", [*DEVICES, "meta"])
+def test_static_binarization_draws_the_same_pixels_on_every_device(device, monkeypatch):
+    """Static binarization, and the test split's (every binarized run's), draw on a CPU generator
+    and then move the pixels to the device: a CPU run and a CUDA run of one seed see the same
+    images. `meta` is a device without data that every torch has: pixels drawn on its generator
+    (there is none) could not be there at all."""
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    grey = images.reshape(50, -1).float() / 255
+    drawn, bernoulli = [], torch.bernoulli  # the devices of each draw: (pixels, generator)
+
+    def recording_bernoulli(input, *args, generator=None, **kwargs):
+        drawn.append((input.device.type, generator.device.type))
+        return bernoulli(input, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "bernoulli", recording_bernoulli)
+    train = data.to_pixels(images, torch.device(device), "static", seed=3)
+    test = data.to_test_pixels(images, torch.device(device), "dynamic")
+    assert drawn == [("cpu", "cpu")] * 2 and train.device.type == test.device.type == device
+    if device != "meta":
+        for pixels, seed in ((train, 3), (test, data.TEST_BINARIZATION_SEED)):
+            reference = bernoulli(grey, generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(pixels.cpu(), reference)
+
+
 @pytest.mark.parametrize("flush", [True, False])
 def test_denormals_are_flushed_on_every_worker_thread(flush):
     # Run in a fresh process: worker threads take the setting only when torch starts them.
