@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
         with ctrl_c_remembered():
             return mode(args, checkpoint, folder, device)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {messages.kept(folder.out, len(folder.history))}")
+        print(f"\n{messages.interrupted(args, folder)}")
         return 130
     except (data.DataError, CheckpointError, runfiles.NonFiniteLoss) as error:
         print(f"error: {messages.failure(error, args, folder)}", file=sys.stderr)

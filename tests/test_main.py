@@ -2,6 +2,7 @@
 
 import math
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 import main
 import vae
 from conftest import DEVICES, QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
-from helpers import data, flags, runfiles, settings
+from helpers import data, flags, likelihood, modes, runfiles, settings
 from helpers.threads import ThreadTuner
 
 TIMINGS = set(runfiles.TIMING_KEYS)
@@ -143,6 +144,30 @@ def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert [row["epoch"] for row in metrics(out)] == [1, 2]
     assert not (out / "checkpoint.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("mode", ["--evaluate", "--generate"])
+def test_ctrl_c_in_evaluate_or_generate_says_what_it_stopped(
+    trained_run, tmp_path, capsys, monkeypatch, mode
+):
+    """A Ctrl-C while --evaluate estimates, or while --generate writes its pictures, says which was
+    interrupted and what it wrote; not the training run's line about epochs."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    checkpoint = out / "checkpoint.pt"
+    before = metrics(out)
+    ctrl_c = lambda *args, **kwargs: signal.raise_signal(signal.SIGINT)  # noqa: E731
+    monkeypatch.setattr(likelihood, "mean_log_likelihood", ctrl_c)
+    monkeypatch.setattr(modes, "save_pngs", ctrl_c)
+    assert main.main([mode, str(checkpoint)]) == 130
+    printed = capsys.readouterr().out
+    assert "epoch" not in printed.split("interrupted")[1]
+    if mode == "--evaluate":
+        assert printed.startswith("test loss ")  # the interrupt came after it, in the estimate
+        assert f"the evaluation of {checkpoint} did not finish; it wrote nothing" in printed
+    else:
+        assert f"the generation of {checkpoint}'s pictures did not finish" in printed
+    assert metrics(out) == before
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # printed: failed
