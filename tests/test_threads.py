@@ -154,6 +154,19 @@ def test_a_forced_count_or_a_gpu_turns_the_policy_off():
     )
 
 
+@pytest.mark.parametrize("requested", [None, 2])
+def test_a_gpu_run_records_no_cpu_thread_count(requested):
+    """metrics.jsonl's `threads` is the CPU's count on the CPU, and null (None) on a GPU, whose
+    steps do not run on CPU threads, with --threads or without."""
+    for device, expected in (("cuda", None), ("cpu", requested or 1)):  # the policy starts at 1
+        torch.set_num_threads(2)
+        tuner = ThreadTuner.for_run(requested, torch.device(device), announce=lambda line: None)
+        tuner.begin_epoch()
+        tuner.step()
+        assert tuner.epoch_threads() == expected, device
+    torch.set_num_threads(2)
+
+
 def test_the_first_line_and_metrics_carry_the_thread_count(data_dir, tmp_path, capsys):
     torch.set_num_threads(2)
     out = tmp_path / "auto"
