@@ -14,7 +14,7 @@ import torch
 import main
 import vae
 from conftest import DEVICES, QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
-from helpers import data, flags, likelihood, modes, runfiles, settings
+from helpers import data, flags, likelihood, modes, runfiles, schedules, settings
 from helpers.threads import ThreadTuner
 
 TIMINGS = set(runfiles.TIMING_KEYS)
@@ -412,6 +412,62 @@ def test_static_binarization_draws_the_same_pixels_on_every_device(device, monke
         for pixels, seed in ((train, 3), (test, data.TEST_BINARIZATION_SEED)):
             reference = bernoulli(grey, generator=torch.Generator().manual_seed(seed))
             assert torch.equal(pixels.cpu(), reference)
+
+
+# The Tensor methods that make the host wait for the device: they read a value back.
+HOST_SYNCS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "cpu")
+
+
+class StepCounter(ThreadTuner):
+    """A thread tuner that only counts steps: train_epoch calls step() after each."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.done = 0
+
+    def step(self) -> None:
+        self.done += 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--binarize", "dynamic", "--clip-grad", "1", "--lr-schedule", "cosine"],
+        ["--objective", "iwae", "--likelihood", "bernoulli"],
+        ["--stl", "--warmup-epochs", "0.5"],
+    ],
+)
+def test_a_training_step_reads_nothing_back_from_the_device(device, options, monkeypatch):
+    """train_epoch's host syncs (every call of a Tensor method in HOST_SYNCS) come only at its
+    reporting steps, every 50 steps and the last: none in the other steps. (It sees the reads
+    made through those methods, from Python; not a sync inside one of torch's own kernels.)"""
+    device = torch.device(device)
+    args = flags.parse([*options, "--batch-size", "4"])
+    pixels = torch.rand(4 * 129 + 2, 784, device=device)  # 130 steps, the last of 2 images
+    model = runfiles.build_model(args, device)
+    optimizer = runfiles.build_optimizer(model, args)
+    lr_at = schedules.lr_function(args, {"start": 0, "end": args.epochs})
+    steps, syncs = StepCounter(), []
+
+    def counted(name: str):
+        method = getattr(torch.Tensor, name)
+
+        def counting(self, *args, **kwargs):
+            syncs.append(steps.done)  # the steps finished when it came
+            return method(self, *args, **kwargs)
+
+        return counting
+
+    for name in HOST_SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    loss = main.train_epoch(
+        model, main.batch_loss, optimizer, pixels, args, 1, device, steps, lr_at
+    )
+    monkeypatch.undo()
+    assert steps.done == 130 and math.isfinite(loss)
+    assert set(syncs) == {50, 100, 130}
 
 
 @pytest.mark.parametrize("flush", [True, False])
