@@ -242,6 +242,30 @@ def test_the_benchmark_quick_setting_prints_every_row(tmp_path):
     assert any(line.startswith("one core's share") for line in lines) == (len(counts) > 1)
 
 
+def test_the_benchmarks_gpu_section_runs_where_cuda_is_and_says_so_where_not(tmp_path):
+    """benchmarks/throughput.py --gpu --quick: every GPU row on a CUDA machine; elsewhere one line
+    that says there is no CUDA device, and exit 1."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--gpu", "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if not torch.cuda.is_available():
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"--gpu: torch {torch.__version__} finds no CUDA device here; run it on one that has"
+        ]
+        return
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for batch in (32, 100, 1000):
+        assert sum(line.startswith(f"cuda batch {batch:>4}: ") for line in lines) == 1, lines
+    assert sum(line.startswith("cuda epoch as main.py runs it") for line in lines) == 1, lines
+    assert lines[-1] == "time to quality: needs real MNIST (--data-dir)"
+
+
 def test_the_benchmarks_busy_core_process_ends_however_its_block_is_left():
     spec = importlib.util.spec_from_file_location(
         "throughput", ROOT / "benchmarks" / "throughput.py"
