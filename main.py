@@ -193,7 +193,7 @@ def main(argv: list[str]) -> int:
         with ctrl_c_remembered():
             return mode(args, checkpoint, folder, device)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {messages.kept(folder.out, folder.saved_epochs)}")
+        print(f"\n{messages.interrupted(args, folder)}")
         return 130
     except (data.DataError, CheckpointError, runfiles.NonFiniteLoss, runfiles.WriteError) as error:
         print(f"error: {messages.failure(error, args, folder)}", file=sys.stderr)

@@ -3,6 +3,7 @@ a busy CPU, with a FLOP bound and the time to quality.
 
     python benchmarks/throughput.py --data-dir DIR    # DIR holds MNIST/raw
     python benchmarks/throughput.py --quick           # seconds, small synthetic data: does it run?
+    python benchmarks/throughput.py --gpu --data-dir DIR    # the loop on CUDA instead (gpu_section)
 
 (a) the project's loop (main.train_epoch: the split held as one tensor on the device, shuffled by
 index, the thread count chosen by threads.py's policy), with main.py's defaults or the given
@@ -24,6 +25,7 @@ Real MNIST when --data-dir has it, otherwise synthetic data of MNIST's size.
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import shlex
@@ -44,6 +46,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import main
 from helpers import flags, likelihood, runfiles, settings
+from helpers.checkpoint import read_metrics
 from helpers.data import idx_bytes, load_images, raw_folder, to_pixels
 from helpers.threads import ThreadTuner
 from vae import VAE, negative_elbo
@@ -517,10 +520,21 @@ def run() -> None:
         help="main.py flags for the project's loop and the time to quality, "
         'e.g. --flags="--compile --amp" (default: none, the defaults)',
     )
+    a(
+        "--gpu",
+        action="store_true",
+        help="instead, the project's loop on CUDA: images per second at batch "
+        f"{', '.join(map(str, GPU_BATCHES))}, an epoch split into training and the rest, "
+        "the time to quality",
+    )
     a("--worker", help=argparse.SUPPRESS)  # loop:batch,... : one of the two side-by-side runs
     options = parser.parse_args()
     if options.worker:
         return worker(options)
+    if options.gpu and not torch.cuda.is_available():
+        sys.exit(
+            f"--gpu: torch {torch.__version__} finds no CUDA device here; run it on one that has"
+        )
     if options.quick:
         options.rounds, options.epochs, options.dataloader_epochs = 1, 1, 1
         options.busy_limit, options.dataloader_limit = 120.0, 1.0
@@ -552,7 +566,7 @@ def run() -> None:
             f"lr {args.lr}; "
             f"project's loop with {options.flags or 'the default flags'}; {os.cpu_count()} CPUs"
         )
-        measure(args, root, real, options)
+        (gpu_section if options.gpu else measure)(args, root, real, options)
 
 
 def measure(args, root: Path, real: bool, options) -> None:
@@ -612,6 +626,63 @@ def measure(args, root: Path, real: bool, options) -> None:
                 "(120 s)"
             )
             print(f"time to quality, {condition}, {given}: {outcome}", flush=True)
+
+
+GPU_BATCHES = (32, 100, 1000)
+
+
+def gpu_section(args, root: Path, real: bool, options) -> None:
+    """--gpu: the project's loop on CUDA: images per second at each of GPU_BATCHES, an epoch as
+    main.py runs it split into training and the rest, and the time to quality. The device is
+    synchronized around the timed regions only (train_epoch reads its losses every 50 steps)."""
+    device = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}", flush=True)
+    train = to_pixels(load_images("mnist", root, True), device)
+    for batch in GPU_BATCHES:
+        batched = argparse.Namespace(**{**vars(args), "batch_size": batch})
+        runs = [project_loop(batched, device, train, options.epochs) for _ in range(options.rounds)]
+        print(
+            f"cuda batch {batch:>4}: {statistics.median(together([r]) for r in runs):>11,.0f} "
+            f"img/s (warm-up epoch {statistics.median(r['warmup'] for r in runs):.1f} s)",
+            flush=True,
+        )
+    splits = [epoch_split(root, options.flags, options.epochs + 1) for _ in range(options.rounds)]
+    training, rest = (statistics.median(split[part] for split in splits) for part in (0, 1))
+    print(
+        f"cuda epoch as main.py runs it, batch {args.batch_size}: {training + rest:.2f} s = "
+        f"{training:.2f} s training + {rest:.2f} s the rest (test loss, latent map, checkpoint, "
+        "pictures)",
+        flush=True,
+    )
+    if not real:
+        print("time to quality: needs real MNIST (--data-dir)")
+        return
+    test = to_pixels(load_images("mnist", root, False), device)
+    for _ in range(options.rounds):
+        seconds, epochs, loss = time_to_quality(args, device, train, test, options.target, 120)
+        reached = f"{seconds:.1f} s" if seconds is not None else "not within 120 s"
+        print(
+            f"time to quality, cuda, {options.flags or 'the defaults'}: {reached} (test loss "
+            f"{loss:.2f}, target {options.target}, {flags.plural(epochs, 'epoch')})",
+            flush=True,
+        )
+
+
+def epoch_split(root: Path, main_flags: str, epochs: int) -> tuple[float, float]:
+    """Seconds of an epoch of main.py on CUDA with `main_flags` (no Visdom, a temporary run
+    folder), medians over epochs 2..`epochs`: (training, the rest: testing, the latent map, the
+    checkpoint and the pictures), from metrics.jsonl: epoch_seconds, and the growth of
+    elapsed_seconds since the epoch before less it."""
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+        folder = Path(out) / "run"
+        argv = [*shlex.split(main_flags), "--epochs", str(epochs), "--device", "cuda"]
+        if main.main([*argv, "--no-visdom", "--data-dir", str(root), "--out", str(folder)]):
+            raise RuntimeError(f"main.py {' '.join(argv)} failed")
+        rows = read_metrics(folder / "metrics.jsonl")
+    pairs = list(zip(rows, rows[1:]))  # (the epoch before, the epoch)
+    training = [row["epoch_seconds"] for _, row in pairs]
+    whole = [row["elapsed_seconds"] - before["elapsed_seconds"] for before, row in pairs]
+    return statistics.median(training), statistics.median(w - t for w, t in zip(whole, training))
 
 
 if __name__ == "__main__":

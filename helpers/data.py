@@ -172,12 +172,13 @@ def to_pixels(
     images: torch.Tensor, device: torch.device, binarize: str = "none", seed: int = 0
 ) -> torch.Tensor:
     """uint8 [N,28,28] → float [N,784] in [0,1] on `device`; binarize="static" samples
-    every pixel ~ Bernoulli(intensity) once, with a generator seeded by `seed`."""
-    pixels = images.to(device).reshape(images.shape[0], -1).float().div_(255)
+    every pixel ~ Bernoulli(intensity) once, with a CPU generator seeded by `seed`, before the
+    move: every device gets the same binary images (a device's own generator draws others)."""
+    pixels = images.cpu().reshape(images.shape[0], -1).float().div_(255)
     if binarize == "static":
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         pixels = torch.bernoulli(pixels, generator=generator)
-    return pixels
+    return pixels.to(device)
 
 
 class Data(NamedTuple):

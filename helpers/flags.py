@@ -25,6 +25,9 @@ MODEL_FLAGS = (
 )
 # Flags of one invocation that a checkpoint never supplies.
 MODE_FLAGS = ("resume", "evaluate", "generate", "eval_k", "out")
+# Where and how a run computes: each invocation sets these (or their defaults), never the
+# checkpoint, so that a run trained on a GPU box evaluates or resumes on a laptop.
+INVOCATION_FLAGS = ("device", "threads", "compile", "amp")
 # Flags that, given to --resume, start a new learning-rate schedule at the checkpoint's epoch.
 SCHEDULE_FLAGS = ("lr", "lr_schedule", "lr_floor", "warmup_epochs")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
@@ -192,10 +195,15 @@ def build_parser() -> Parser:
         choices=("none", "dynamic", "static"),
         default="none",
         help="pixels ~ Bernoulli(intensity) at each use (dynamic) or once (static); "
-        "the test set once, with a fixed seed",
+        "the test set once, with a fixed seed (static draws: on the CPU, the same on any device)",
     )
     model.add_argument("--dataset", choices=DATASETS, default="mnist", help="torchvision dataset")
-    model.add_argument("--data-dir", default="./data", help="folder holding <Dataset>/raw/")
+    model.add_argument(
+        "--data-dir",
+        default="./data",
+        help="folder holding <Dataset>/raw/; with a checkpoint, its folder if that holds the "
+        "dataset here, else this default",
+    )
 
     run = p.add_argument_group("run: a new one, or one of the three modes on a checkpoint")
     run.add_argument(
@@ -240,7 +248,7 @@ def build_parser() -> Parser:
         help="the first this many test images make its subset",
     )
 
-    speed = p.add_argument_group("device and speed")
+    speed = p.add_argument_group("device and speed (set by each invocation, never by a checkpoint)")
     speed.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda", "mps"),

@@ -86,6 +86,22 @@ def kept(out: Path, epochs: int) -> str:
     )
 
 
+def interrupted(args: Namespace, folder) -> str:
+    """The line a Ctrl-C ends a run with, by mode: what it stopped, what it wrote, how to go on."""
+    if args.evaluate:
+        return (
+            f"interrupted: the evaluation of {args.evaluate} did not finish; it wrote nothing "
+            f"(the checkpoint and {folder.out / 'metrics.jsonl'} are as they were)"
+        )
+    if args.generate:
+        return (
+            f"interrupted: the generation of {args.generate}'s pictures did not finish; the PNGs "
+            f"in {folder.out} may be missing or from before (the checkpoint is unchanged). "
+            f"Write them all with: {main_command()} --generate {args.generate}"
+        )
+    return f"interrupted; {kept(folder.out, folder.saved_epochs)}"
+
+
 def failure(error: Exception, args: Namespace, folder) -> str:
     """The one line a failed run ends with: what failed, what is kept, what to try."""
     epochs, checkpoint = folder.saved_epochs, folder.out / "checkpoint.pt"

@@ -2,8 +2,10 @@
 and the device.
 
 A checkpoint keeps the flags a run was made with. Given it again (--resume, --evaluate,
---generate), every flag not on the command line comes from it, except the ones of one invocation
-(flags.MODE_FLAGS); the model-and-data flags given must agree with it.
+--generate), every flag not on the command line comes from it, except the ones of one invocation:
+the mode's (flags.MODE_FLAGS) and where the run computes (flags.INVOCATION_FLAGS: device,
+threads, compile, amp). The model-and-data flags given must agree with it. Its data folder is
+used where this machine has the dataset there, else the default (data_folder_here).
 """
 
 from argparse import Namespace
@@ -12,6 +14,7 @@ import torch
 
 from helpers import flags
 from helpers.checkpoint import CheckpointError, load_checkpoint
+from helpers.data import raw_folder
 from helpers.runfiles import RunFolder
 
 
@@ -35,8 +38,10 @@ def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None
                 "or start a new run"
             )
     for key, value in saved.items():
-        if key not in given and key not in flags.MODE_FLAGS:
+        if key not in given and key not in (*flags.MODE_FLAGS, *flags.INVOCATION_FLAGS):
             setattr(args, key, value)
+    if "data_dir" not in given and "data_dir" in saved:
+        args.data_dir = data_folder_here(saved["data_dir"], args.dataset)
     if args.resume and args.epochs <= checkpoint["epoch"]:
         flags.fail(
             f"the checkpoint has finished {checkpoint['epoch']} epochs already: "
@@ -45,6 +50,16 @@ def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None
     if args.resume and (given & set(flags.SCHEDULE_FLAGS) or "lr_schedule" not in checkpoint):
         # a new lr schedule from here to --epochs (checkpoints without one had a constant lr)
         checkpoint["lr_schedule"] = {"start": checkpoint["epoch"], "end": args.epochs}
+
+
+def data_folder_here(folder: str, dataset: str) -> str:
+    """A checkpoint's --data-dir if it holds `dataset` on this machine, else the default (./data),
+    saying so: a run moved from another machine reads its data where this one keeps it."""
+    default = flags.build_parser().get_default("data_dir")
+    if folder == default or raw_folder(dataset, folder).is_dir():
+        return folder
+    print(f"the checkpoint's --data-dir {folder} holds no {dataset} here: reading {default}")
+    return default
 
 
 def resolve(argv: list[str]) -> tuple[Namespace, dict | None, RunFolder]:

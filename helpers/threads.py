@@ -166,7 +166,8 @@ class ThreadPolicy:
 class ThreadTuner:
     """Runs a ThreadPolicy over a training loop: call begin_epoch() before an epoch's steps and
     step() after each step. Without a policy (a count forced with --threads, or a GPU, whose work
-    does not wait on CPU threads) both do nothing and the count stays as it is."""
+    does not wait on CPU threads) both do nothing and the count stays as it is. `on_cpu`: whether
+    the steps run on the CPU, whose thread count epoch_threads() then reports."""
 
     def __init__(
         self,
@@ -175,9 +176,10 @@ class ThreadTuner:
         window_seconds: float = 0.05,
         clock: Callable[[], float] = time.perf_counter,
         forced: bool = False,
+        on_cpu: bool = True,
     ) -> None:
         self.policy, self.announce, self.clock = policy, announce, clock
-        self.window_seconds, self.forced = window_seconds, forced
+        self.window_seconds, self.forced, self.on_cpu = window_seconds, forced, on_cpu
         self.window_steps, self.window_time, self.mark = 0, 0.0, 0.0
         self.settling = 2  # the first steps allocate
         self.epoch_counts = Counter()
@@ -189,11 +191,12 @@ class ThreadTuner:
         cls, requested: int | None, device: torch.device, announce: Callable[[str], None] = print
     ) -> "ThreadTuner":
         """`requested` threads (--threads) fixed, or on the CPU the policy from torch's count."""
+        on_cpu = device.type == "cpu"
         if requested:
             torch.set_num_threads(requested)
-            return cls(None, announce, forced=True)
-        if device.type != "cpu" or torch.get_num_threads() == 1:
-            return cls(None, announce)
+            return cls(None, announce, forced=True, on_cpu=on_cpu)
+        if not on_cpu or torch.get_num_threads() == 1:
+            return cls(None, announce, on_cpu=on_cpu)
         return cls(ThreadPolicy(torch.get_num_threads()), announce)
 
     def describe(self) -> str:
@@ -231,8 +234,11 @@ class ThreadTuner:
         if change:
             self.announce(str(change))
 
-    def epoch_threads(self) -> int:
-        """The count used for most of this epoch's steps (with no policy: the fixed count)."""
+    def epoch_threads(self) -> int | None:
+        """The count used for most of this epoch's steps (with no policy: the fixed count); None
+        off the CPU, where the steps do not run on CPU threads."""
+        if not self.on_cpu:
+            return None
         if not self.epoch_counts:
             return torch.get_num_threads()
         return self.epoch_counts.most_common(1)[0][0]

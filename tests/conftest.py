@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -19,6 +20,8 @@ sys.path.insert(0, str(ROOT / "tools"))  # explore.py, screenshot_visdom.py
 from helpers.data import idx_bytes  # (also imported from here by test_faults.py)
 
 N_TRAIN, N_TEST = 512, 128
+# The devices the training and evaluation tests run on: the CPU, and CUDA where there is one.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # A short run of main.py on the tiny data; QUICK without Visdom.
 SHORT = ["--epochs", "2", "--batch-size", "64", "--num-images", "16"]
 QUICK = [*SHORT, "--no-visdom"]

@@ -15,6 +15,7 @@ import torch
 
 import main
 from conftest import (
+    DEVICES,
     N_TRAIN,
     OFFLINE_ENV,
     QUICK,
@@ -104,14 +105,17 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
-    data_dir, tmp_path, capsys
+    data_dir, tmp_path, capsys, device
 ):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    argv = [*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main([*argv, "--device", device]) == 0
     good = torch.load(out / "checkpoint.pt", weights_only=True)
     capsys.readouterr()
-    assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--lr", "1e30"]) == 1
+    resume = ["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--lr", "1e30"]
+    assert main.main([*resume, "--device", device]) == 1
     message = error_line(capsys)
     assert (
         "non-finite at epoch 2, step" in message

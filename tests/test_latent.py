@@ -7,8 +7,19 @@ import sys
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, ROOT, free_port, metrics, run_main, start_explorer, wait_for
-from explore import IMAGE_WINDOW
+from conftest import (
+    N_TEST,
+    OFFLINE_ENV,
+    ROOT,
+    free_port,
+    metrics,
+    run_main,
+    start_explorer,
+    wait_for,
+    write_mnist,
+)
+from explore import IMAGE_WINDOW, build_parser
+from explore import load as load_explorer
 from helpers.data import class_names, load_images, to_test_pixels
 from helpers.latent import (
     ACTIVE_THRESHOLD,
@@ -170,6 +181,19 @@ def test_explore_with_a_bad_checkpoint_or_no_server_says_what_to_do(trained_run,
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "no Visdom server answers" in line and "python -m visdom.server" in line
+
+
+def test_explore_reads_a_moved_runs_test_images_from_the_default_data_folder(
+    trained_run, tmp_path, monkeypatch
+):
+    """A run looked at on another machine, whose data folder is not there: ./data instead."""
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    state["args"]["data_dir"] = str(tmp_path / "gpu-box" / "data")
+    torch.save(state, tmp_path / "checkpoint.pt")
+    write_mnist(tmp_path / "laptop" / "data" / "MNIST" / "raw")
+    monkeypatch.chdir(tmp_path / "laptop")
+    _, means = load_explorer(build_parser().parse_args([str(tmp_path / "checkpoint.pt")]))
+    assert means.shape == (N_TEST, 10)
 
 
 @pytest.mark.parametrize("ending", ["ctrl-c", "server gone"])

@@ -13,8 +13,8 @@ import torch
 
 import main
 import vae
-from conftest import QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
-from helpers import data, flags, runfiles
+from conftest import DEVICES, QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
+from helpers import data, flags, likelihood, modes, runfiles, schedules, settings
 from helpers.threads import ThreadTuner
 
 TIMINGS = set(runfiles.TIMING_KEYS)
@@ -24,9 +24,11 @@ def without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
-def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys, device):
     out = tmp_path / "run"
-    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    argv = [*QUICK, "--data-dir", str(data_dir), "--out", str(out), "--device", device]
+    assert main.main(argv) == 0
     rows = metrics(out)
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
@@ -144,6 +146,30 @@ def test_ctrl_c_inside_a_checkpoint_write_lets_the_write_finish(
     assert not (out / "checkpoint.pt.tmp").exists()
 
 
+@pytest.mark.parametrize("mode", ["--evaluate", "--generate"])
+def test_ctrl_c_in_evaluate_or_generate_says_what_it_stopped(
+    trained_run, tmp_path, capsys, monkeypatch, mode
+):
+    """A Ctrl-C while --evaluate estimates, or while --generate writes its pictures, says which was
+    interrupted and what it wrote; not the training run's line about epochs."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    checkpoint = out / "checkpoint.pt"
+    before = metrics(out)
+    ctrl_c = lambda *args, **kwargs: signal.raise_signal(signal.SIGINT)  # noqa: E731
+    monkeypatch.setattr(likelihood, "mean_log_likelihood", ctrl_c)
+    monkeypatch.setattr(modes, "save_pngs", ctrl_c)
+    assert main.main([mode, str(checkpoint)]) == 130
+    printed = capsys.readouterr().out
+    assert "epoch" not in printed.split("interrupted")[1]
+    if mode == "--evaluate":
+        assert printed.startswith("test loss ")  # the interrupt came after it, in the estimate
+        assert f"the evaluation of {checkpoint} did not finish; it wrote nothing" in printed
+    else:
+        assert f"the generation of {checkpoint}'s pictures did not finish" in printed
+    assert metrics(out) == before
+
+
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # printed: failed
 def test_a_ctrl_c_that_python_drops_in_a_weakref_callback_still_stops_the_run(
     data_dir, tmp_path, capsys, monkeypatch
@@ -169,6 +195,35 @@ def test_a_ctrl_c_that_python_drops_in_a_weakref_callback_still_stops_the_run(
     printed = capsys.readouterr()
     assert "holds epoch 1. Resume with:" in printed.out and "Traceback" not in printed.err
     assert [row["epoch"] for row in metrics(out)] == [1]
+
+
+def test_a_checkpoint_from_a_gpu_machine_evaluates_and_resumes_here(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    """Where a run computes belongs to the invocation: a checkpoint made with --device cuda
+    --threads 7 --compile --amp, whose data folder this machine lacks, evaluates and resumes here
+    with this invocation's settings (no --device: auto), reading the data from ./data."""
+    out = tmp_path / "run"
+    checkpoint = str(out / "checkpoint.pt")
+    argv = [*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main(argv) == 0
+    assert settings.resolve(["--evaluate", checkpoint])[0].data_dir == str(data_dir)  # it is here
+    state = torch.load(checkpoint, weights_only=True)
+    gone = str(tmp_path / "gpu-box" / "data")  # where the data was on the machine it came from
+    state["args"].update(device="cuda", threads=7, compile=True, amp=True, data_dir=gone)
+    torch.save(state, checkpoint)
+    laptop = tmp_path / "laptop"
+    write_mnist(laptop / "data" / "MNIST" / "raw")
+    monkeypatch.chdir(laptop)
+    args = settings.resolve(["--evaluate", checkpoint])[0]
+    assert (args.device, args.threads, args.compile, args.amp) == ("auto", None, False, False)
+    assert args.data_dir == "./data"
+    assert f"--data-dir {gone} holds no mnist here: reading ./data" in capsys.readouterr().out
+    assert main.main(["--evaluate", checkpoint, "--eval-k", "5"]) == 0
+    assert main.main(["--resume", checkpoint, "--epochs", "2"]) == 0
+    assert [row["epoch"] for row in metrics(out)] == [1, 1, 2]  # epoch 1, its evaluation, 2
+    saved = torch.load(checkpoint, weights_only=True)["args"]  # this invocation's settings
+    assert (saved["device"], saved["compile"], saved["data_dir"]) == ("auto", False, "./data")
 
 
 @pytest.mark.parametrize(
@@ -220,7 +275,8 @@ def test_gz_files_that_are_not_torchvisions_are_used_without_a_download(tmp_path
     assert "downloading" not in printed and "after 1 epoch;" in printed
 
 
-def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys, device):
     out = tmp_path / "run"
     assert (
         main.main(
@@ -234,6 +290,8 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
                 str(data_dir),
                 "--out",
                 str(out),
+                "--device",
+                device,
             ]
         )
         == 0
@@ -241,7 +299,8 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     for png in out.glob("*.png"):
         png.unlink()
     capsys.readouterr()
-    assert main.main(["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "20"]) == 0
+    evaluate = ["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "20", "--device", device]
+    assert main.main(evaluate) == 0
     printed = capsys.readouterr().out
     assert "k=20" in printed and "variance 0.5" in printed and "392·log π" in printed
     evaluation = metrics(out)[-1]
@@ -254,7 +313,7 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     elbo = -evaluation["test_loss"] - 784 * 0.5 * math.log(math.pi)
     assert f"+ {784 * 0.5 * math.log(math.pi):.2f} (392·log π)" in printed  # as the output says
     assert evaluation["test_log_likelihood"] > elbo
-    assert main.main(["--generate", str(out / "checkpoint.pt")]) == 0
+    assert main.main(["--generate", str(out / "checkpoint.pt"), "--device", device]) == 0
     assert {png.name for png in out.glob("*.png")} == {
         "originals.png",
         "reconstructions.png",
@@ -265,12 +324,15 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys):
     }
 
 
-def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_path, capsys, device):
     out = tmp_path / "run"
     assert (
         main.main(
             [
                 *QUICK,
+                "--device",
+                device,
                 "--likelihood",
                 "bernoulli",
                 "--binarize",
@@ -296,19 +358,21 @@ def test_binarized_bernoulli_training_after_training_evaluation(data_dir, tmp_pa
     assert -rows[1]["test_loss"] < rows[-1]["test_log_likelihood"] < 0
 
 
-def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
+@pytest.mark.parametrize("device", DEVICES)
+def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic(device):
     from helpers.data import to_pixels
 
+    device = torch.device(device)
     images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
-    first = to_pixels(images, torch.device("cpu"), "static", seed=1)
+    first = to_pixels(images, device, "static", seed=1)
     assert set(first.unique().tolist()) == {0.0, 1.0}
-    assert torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=1))
-    assert not torch.equal(first, to_pixels(images, torch.device("cpu"), "static", seed=2))
-    grey = to_pixels(images, torch.device("cpu"))
-    assert torch.equal(grey, images.reshape(50, -1) / 255)
+    assert torch.equal(first, to_pixels(images, device, "static", seed=1))
+    assert not torch.equal(first, to_pixels(images, device, "static", seed=2))
+    grey = to_pixels(images, device)
+    assert torch.equal(grey.cpu(), images.reshape(50, -1) / 255)
     # dynamic: train_epoch draws fresh binary pixels from the grey ones at every use
     args = flags.parse(["--binarize", "dynamic", "--batch-size", "50"])
-    model = runfiles.build_model(args, torch.device("cpu"))
+    model = runfiles.build_model(args, device)
     seen = []
 
     def record(model, x, args):
@@ -317,13 +381,93 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic():
 
     for epoch in range(200):
         optimizer = runfiles.build_optimizer(model, args)
-        main.train_epoch(model, record, optimizer, grey, args, epoch, "cpu", ThreadTuner(None))
+        main.train_epoch(model, record, optimizer, grey, args, epoch, device, ThreadTuner(None))
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
     # the mean of binarized pixels follows the intensities (the order is shuffled: compare sums)
     torch.testing.assert_close(
         torch.stack(seen).mean(0).sum(0), grey.sum(0), atol=0.15 * 50, rtol=0
     )
+
+
+@pytest.mark.parametrize("device", [*DEVICES, "meta"])
+def test_static_binarization_draws_the_same_pixels_on_every_device(device, monkeypatch):
+    """Static binarization, and the test split's (every binarized run's), draw on a CPU generator
+    and then move the pixels to the device: a CPU run and a CUDA run of one seed see the same
+    images. `meta` is a device without data that every torch has: pixels drawn on its generator
+    (there is none) could not be there at all."""
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    grey = images.reshape(50, -1).float() / 255
+    drawn, bernoulli = [], torch.bernoulli  # the devices of each draw: (pixels, generator)
+
+    def recording_bernoulli(input, *args, generator=None, **kwargs):
+        drawn.append((input.device.type, generator.device.type))
+        return bernoulli(input, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "bernoulli", recording_bernoulli)
+    train = data.to_pixels(images, torch.device(device), "static", seed=3)
+    test = data.to_test_pixels(images, torch.device(device), "dynamic")
+    assert drawn == [("cpu", "cpu")] * 2 and train.device.type == test.device.type == device
+    if device != "meta":
+        for pixels, seed in ((train, 3), (test, data.TEST_BINARIZATION_SEED)):
+            reference = bernoulli(grey, generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(pixels.cpu(), reference)
+
+
+# The Tensor methods that make the host wait for the device: they read a value back.
+HOST_SYNCS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "cpu")
+
+
+class StepCounter(ThreadTuner):
+    """A thread tuner that only counts steps: train_epoch calls step() after each."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.done = 0
+
+    def step(self) -> None:
+        self.done += 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--binarize", "dynamic", "--clip-grad", "1", "--lr-schedule", "cosine"],
+        ["--objective", "iwae", "--likelihood", "bernoulli"],
+        ["--stl", "--warmup-epochs", "0.5"],
+    ],
+)
+def test_a_training_step_reads_nothing_back_from_the_device(device, options, monkeypatch):
+    """train_epoch's host syncs (every call of a Tensor method in HOST_SYNCS) come only at its
+    reporting steps, every 50 steps and the last: none in the other steps. (It sees the reads
+    made through those methods, from Python; not a sync inside one of torch's own kernels.)"""
+    device = torch.device(device)
+    args = flags.parse([*options, "--batch-size", "4"])
+    pixels = torch.rand(4 * 129 + 2, 784, device=device)  # 130 steps, the last of 2 images
+    model = runfiles.build_model(args, device)
+    optimizer = runfiles.build_optimizer(model, args)
+    lr_at = schedules.lr_function(args, {"start": 0, "end": args.epochs})
+    steps, syncs = StepCounter(), []
+
+    def counted(name: str):
+        method = getattr(torch.Tensor, name)
+
+        def counting(self, *args, **kwargs):
+            syncs.append(steps.done)  # the steps finished when it came
+            return method(self, *args, **kwargs)
+
+        return counting
+
+    for name in HOST_SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    loss = main.train_epoch(
+        model, main.batch_loss, optimizer, pixels, args, 1, device, steps, lr_at
+    )
+    monkeypatch.undo()
+    assert steps.done == 130 and math.isfinite(loss)
+    assert set(syncs) == {50, 100, 130}
 
 
 @pytest.mark.parametrize("flush", [True, False])

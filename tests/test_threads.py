@@ -154,6 +154,19 @@ def test_a_forced_count_or_a_gpu_turns_the_policy_off():
     )
 
 
+@pytest.mark.parametrize("requested", [None, 2])
+def test_a_gpu_run_records_no_cpu_thread_count(requested):
+    """metrics.jsonl's `threads` is the CPU's count on the CPU, and null (None) on a GPU, whose
+    steps do not run on CPU threads, with --threads or without."""
+    for device, expected in (("cuda", None), ("cpu", requested or 1)):  # the policy starts at 1
+        torch.set_num_threads(2)
+        tuner = ThreadTuner.for_run(requested, torch.device(device), announce=lambda line: None)
+        tuner.begin_epoch()
+        tuner.step()
+        assert tuner.epoch_threads() == expected, device
+    torch.set_num_threads(2)
+
+
 def test_the_first_line_and_metrics_carry_the_thread_count(data_dir, tmp_path, capsys):
     torch.set_num_threads(2)
     out = tmp_path / "auto"
@@ -227,6 +240,30 @@ def test_the_benchmark_quick_setting_prints_every_row(tmp_path):
             sum(f" at {flags.plural(threads, 'thread')}, idle " in line for line in bound) == 1
         ), bound
     assert any(line.startswith("one core's share") for line in lines) == (len(counts) > 1)
+
+
+def test_the_benchmarks_gpu_section_runs_where_cuda_is_and_says_so_where_not(tmp_path):
+    """benchmarks/throughput.py --gpu --quick: every GPU row on a CUDA machine; elsewhere one line
+    that says there is no CUDA device, and exit 1."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--gpu", "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if not torch.cuda.is_available():
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"--gpu: torch {torch.__version__} finds no CUDA device here; run it on one that has"
+        ]
+        return
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for batch in (32, 100, 1000):
+        assert sum(line.startswith(f"cuda batch {batch:>4}: ") for line in lines) == 1, lines
+    assert sum(line.startswith("cuda epoch as main.py runs it") for line in lines) == 1, lines
+    assert lines[-1] == "time to quality: needs real MNIST (--data-dir)"
 
 
 def test_the_benchmarks_busy_core_process_ends_however_its_block_is_left():

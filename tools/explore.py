@@ -24,6 +24,7 @@ from helpers.data import DataError, load_images, to_test_pixels
 from helpers.flags import port
 from helpers.latent import MAP_IMAGES, active_units, latent_means
 from helpers.runfiles import build_model, restore
+from helpers.settings import data_folder_here
 from helpers.viewer import START_SERVER, visdom_client
 from vae import VAE
 
@@ -39,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="a run's checkpoint.pt, written by main.py")
-    p.add_argument("--data-dir", help="folder holding <Dataset>/raw/ (default: the run's)")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding <Dataset>/raw/ (default: the run's, if it holds the dataset here, "
+        "else ./data)",
+    )
     p.add_argument("--visdom-server", default="http://localhost", help="(default: %(default)s)")
     p.add_argument("--visdom-port", type=port, default=8097, help="(default: %(default)s)")
     p.add_argument("--visdom-env", default="explore", help="(default: %(default)s)")
@@ -177,7 +182,8 @@ def load(args: argparse.Namespace) -> tuple[VAE, torch.Tensor]:
         raise ExploreError(str(error), 2) from None
     saved = checkpoint["args"]
     try:
-        images = load_images(saved["dataset"], args.data_dir or saved["data_dir"], train=False)
+        folder = args.data_dir or data_folder_here(saved["data_dir"], saved["dataset"])
+        images = load_images(saved["dataset"], folder, train=False)
     except DataError as error:
         raise ExploreError(str(error), 1) from None
     pixels = to_test_pixels(images[:MAP_IMAGES], torch.device("cpu"), saved["binarize"])
