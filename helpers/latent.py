@@ -72,25 +72,28 @@ def project_2d(mu: torch.Tensor) -> tuple[torch.Tensor, str, tuple[str, str]]:
 
 @dataclass(frozen=True)
 class LatentMap:
-    """The map of one epoch: 2-D points, their class indices (0-based), class names, labels."""
+    """The map of one epoch: 2-D points, their class indices (0-based), class names, a short
+    title, the details (images, projection, active dimensions) and the axis labels."""
 
     points: torch.Tensor  # [N, 2]
     labels: torch.Tensor  # [N] int, 0..len(names)-1
     names: list[str]
     title: str
+    details: str
     axis_labels: tuple[str, str]
 
 
 def latent_map(
     mu: torch.Tensor, labels: torch.Tensor, names: list[str], activity: Activity, epoch: int
 ) -> LatentMap:
-    """The latent map of the means mu [N, d] of N labelled images, titled with its projection."""
+    """The latent map of the means mu [N, d] of N labelled images; its details name the
+    projection."""
     points, projection, axis_labels = project_2d(mu)
-    title = (
-        f"latent map of {len(points)} test images: {projection}; "
-        f"{activity.count} of {activity.dims} dims active, epoch {epoch}"
+    details = (
+        f"{len(points)} test images: {projection}; {activity.count} of {activity.dims} dims active"
     )
-    return LatentMap(points.cpu(), labels.cpu(), names, title, axis_labels)
+    title = f"latent map, epoch {epoch}"
+    return LatentMap(points.cpu(), labels.cpu(), names, title, details, axis_labels)
 
 
 def map_image(
@@ -109,7 +112,7 @@ def map_image(
             )
     axes.set_xlabel(latent.axis_labels[0])
     axes.set_ylabel(latent.axis_labels[1])
-    axes.set_title(latent.title, fontsize=8, wrap=True)
+    axes.set_title(f"{latent.title}\n{latent.details}", fontsize=8, wrap=True)
     axes.legend(
         loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2.5, fontsize=8, frameon=False
     )

@@ -19,12 +19,12 @@ FIRST_VALUE = ".content-properties input"
 
 def expected_images(active: int) -> dict[str, tuple[int, int]]:
     """Title → pixel size of its image: 16 images in a 4x4 grid, the views 10 wide, the
-    traversal one row per active dimension."""
+    traversal a row for each of the 10 dimensions (those not active left white)."""
     return {
         "test images (fixed)": (122, 122),
         "reconstructions, epoch 2": (122, 122),
-        "samples from fixed z ~ N(0, I), epoch 2": (122, 122),
-        f"traversal: {active} of 10 dims active, -3..3, epoch 2": (302, 2 + 30 * active),
+        "samples from the prior, epoch 2": (122, 122),
+        f"traversal: {active} of 10 dims active, -3..3, epoch 2": (302, 302),
         "interpolations, epoch 2": (302, 122),  # 4 pairs of test images
     }
 
