@@ -22,15 +22,18 @@ from helpers.latent import ACTIVE_THRESHOLD, Activity, LatentMap, latent_map, ma
 START_SERVER = f"{python_command()} -m visdom.server -bind_local"
 TRAVERSAL_ROWS = 10  # at most this many active dimensions in the traversal
 
-# The page. Visdom packs windows in rows, in the order of their first messages, and packs them
-# again whenever one changes size; so every window keeps the size of its first message, and show()
-# sends the grids of the model's outputs first, then the loss and the active units, then the
-# latent space (map, traversal or manifold, interpolations). From about 1550 pixels wide to 1920
-# that is two rows (the outputs and the loss; the rest); narrower, down to 1280, three.
-OUTPUTS = ("originals", "reconstructions", "samples")
+# The page: three rows, the same at every width from 1280 to 1920 pixels. Visdom packs windows
+# in rows, in the order of their first messages, and again whenever one changes size, so every
+# window keeps the size of its first message; show() sends the pictures of the model's outputs
+# first (test images, reconstructions, prior samples, interpolations), then the curves (loss,
+# active units), then the latent space (map, traversal or manifold). Each row fits in 1255
+# pixels (1280 less a scrollbar), and the first window of the next row is too wide to join it
+# even at 1920: a reloaded page places its windows in a 1280-pixel grid until it has measured
+# its width, and one past that grid's edge stays where the grid moved it.
+OUTPUTS = ("originals", "reconstructions", "samples", "interpolation")
 # Plot panes (width, height) in pixels; a plot's height is 15·n - 24: Visdom's grid rows are 15
 # pixels (with their margin) and its title bar 14, so that the plot fills whole rows.
-LOSS_SIZE, ACTIVE_SIZE, MAP_SIZE = (770, 261), (400, 261), (520, 456)
+LOSS_SIZE, ACTIVE_SIZE, MAP_SIZE = (900, 261), (320, 261), (700, 441)
 MIN_SIDE = 240  # a smaller grid is shown at the integer zoom that makes it at least this big
 # plotly's toolbar keeps zoom, pan and reset: fewer buttons, out of the way of the titles
 TOOLBAR_REMOVED = ["toImage", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"]
@@ -386,7 +389,7 @@ def figures(
         )
     else:
         shown["traversal"] = traversal(decode, mu[0], activity, epoch, steps)
-    pairs = min(4, images.shape[0] // 2)
+    pairs = min(8, images.shape[0] // 2)  # 8 rows: as tall as an 8x8 grid
     weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
     start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]
     codes = (1 - weights) * start + weights * end
