@@ -97,6 +97,10 @@ def test_the_traversal_has_a_row_per_active_dimension_and_none_when_none_is():
     assert title == "traversal: 0 of 4 dims active, epoch 3"
     assert tuple(image.shape) == (3, 2 + 4 * 30, 2 + 10 * 30)
     assert (tile(image, 0, 0) < 255).any() and (image[:, 30:] == 255).all()
+    variance = torch.linspace(1.0, 2.0, 12)  # 12 active: the 10 most active, every row filled
+    image, title = traversal(decode, torch.zeros(12), Activity(variance, variance > 0.01), 3, 10)
+    assert title == "traversal: top 10 of 12 active, -3..3, epoch 3"
+    assert tuple(image.shape) == (3, 2 + 10 * 30, 2 + 10 * 30) and (tile(image, 9, 0) < 255).any()
 
 
 def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path):
