@@ -72,25 +72,28 @@ def project_2d(mu: torch.Tensor) -> tuple[torch.Tensor, str, tuple[str, str]]:
 
 @dataclass(frozen=True)
 class LatentMap:
-    """The map of one epoch: 2-D points, their class indices (0-based), class names, labels."""
+    """The map of one epoch: 2-D points, their class indices (0-based), class names, a short
+    title, the details (images, projection, active dimensions) and the axis labels."""
 
     points: torch.Tensor  # [N, 2]
     labels: torch.Tensor  # [N] int, 0..len(names)-1
     names: list[str]
     title: str
+    details: str
     axis_labels: tuple[str, str]
 
 
 def latent_map(
     mu: torch.Tensor, labels: torch.Tensor, names: list[str], activity: Activity, epoch: int
 ) -> LatentMap:
-    """The latent map of the means mu [N, d] of N labelled images, titled with its projection."""
+    """The latent map of the means mu [N, d] of N labelled images; its details name the
+    projection."""
     points, projection, axis_labels = project_2d(mu)
-    title = (
-        f"latent map of {len(points)} test images: {projection}; "
-        f"{activity.count} of {activity.dims} dims active, epoch {epoch}"
+    details = (
+        f"{len(points)} test images: {projection}; {activity.count} of {activity.dims} dims active"
     )
-    return LatentMap(points.cpu(), labels.cpu(), names, title, axis_labels)
+    title = f"latent map, epoch {epoch}"
+    return LatentMap(points.cpu(), labels.cpu(), names, title, details, axis_labels)
 
 
 # matplotlib's tab10, one colour per class
@@ -108,7 +111,7 @@ def map_image(latent: LatentMap, size: tuple[int, int] = (700, 560)) -> torch.Te
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=13)
-    lines = textwrap.wrap(latent.title, width=80)
+    lines = [latent.title, *textwrap.wrap(latent.details, width=80)]
     top, left, right, bottom = 24 + 17 * len(lines), 50, width - 120, height - 40
     for i, line in enumerate(lines):
         draw.text((width // 2, 12 + 17 * i), line, fill="black", font=font, anchor="mt")

@@ -18,10 +18,26 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from helpers.flags import python_command
-from helpers.latent import Activity, LatentMap, latent_map, map_image
+from helpers.latent import ACTIVE_THRESHOLD, Activity, LatentMap, latent_map, map_image
 
 START_SERVER = f"{python_command()} -m visdom.server -bind_local"
 TRAVERSAL_ROWS = 10  # at most this many active dimensions in the traversal
+
+# The page: three rows, the same at every width from 1280 to 1920 pixels. Visdom packs windows
+# in rows, in the order of their first messages, and again whenever one changes size, so every
+# window keeps the size of its first message; show() sends the pictures of the model's outputs
+# first (test images, reconstructions, prior samples, interpolations), then the curves (loss,
+# active units), then the latent space (map, traversal or manifold). Each row fits in 1255
+# pixels (1280 less a scrollbar), and the first window of the next row is too wide to join it
+# even at 1920: a reloaded page places its windows in a 1280-pixel grid until it has measured
+# its width, and one past that grid's edge stays where the grid moved it.
+OUTPUTS = ("originals", "reconstructions", "samples", "interpolation")
+# Plot panes (width, height) in pixels; a plot's height is 15·n - 24: Visdom's grid rows are 15
+# pixels (with their margin) and its title bar 14, so that the plot fills whole rows.
+LOSS_SIZE, ACTIVE_SIZE, MAP_SIZE = (900, 261), (320, 261), (700, 441)
+MIN_SIDE = 240  # a smaller grid is shown at the integer zoom that makes it at least this big
+# plotly's toolbar keeps zoom, pan and reset: fewer buttons, out of the way of the titles
+TOOLBAR_REMOVED = ["toImage", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"]
 
 
 def visdom_client(server: str, port: int, env: str, timeout: float, **options):
@@ -51,6 +67,63 @@ def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """Images [N,784] or [N,1,28,28] in [0,1] → one uint8 grid image [3,H,W] on the CPU."""
     images = images.detach().float().reshape(-1, 1, 28, 28).cpu()
     return make_grid(images, nrow=nrow, padding=2, pad_value=1.0).mul(255).round().to(torch.uint8)
+
+
+def image_opts(image: torch.Tensor, title: str) -> dict:
+    """A grid's window: the image pixel for pixel, at an integer zoom (MIN_SIDE at least).
+
+    Visdom scales an image to one pixel wider than its pane, so the pane is one pixel narrower
+    than the image; and it centres the image in a box one pixel taller than the pane that starts
+    under the 14-pixel title bar, so the pane is the fewest 15-pixel rows that show it whole.
+    """
+    height, width = image.shape[1:]
+    zoom = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    rows = math.ceil((zoom * height + 39) / 15)
+    return dict(title=title, width=zoom * width - 1, height=15 * rows - 24)
+
+
+def plot_opts(title: str, details: str, size: tuple[int, int], **opts) -> dict:
+    """A plot's window: `title` in its title bar and at the plot's top left, `details` (if any)
+    on a line above the plot; plotly's toolbar, at the top right, keeps clear of both."""
+    left = 55  # the plot's left margin; the title and the details start 10 pixels from the edge
+    layout = {
+        "title": {
+            "text": title,
+            "font": {"size": 14},
+            "x": 0,
+            "xref": "container",
+            "xanchor": "left",
+            "y": 1,
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"l": 10, "t": 8},
+        },
+        "margin": {"l": left, "r": 15, "t": 60, "b": 40},  # the top: a title, a details line
+        "modebar": {"remove": TOOLBAR_REMOVED},
+    }
+    if details:
+        layout["annotations"] = [
+            {
+                "text": details,
+                "font": {"size": 11},
+                "showarrow": False,
+                "xref": "paper",
+                "x": 0,
+                "xanchor": "left",
+                "xshift": 10 - left,
+                "yref": "paper",
+                "y": 1,
+                "yanchor": "bottom",
+                "yshift": 4,
+            }
+        ]
+    width, height = size
+    return dict(title=title, width=width, height=height, layoutopts={"plotly": layout}, **opts)
+
+
+def epoch_ticks(rows: list[dict]) -> int | None:
+    """A tick per epoch while there are few (plotly would put ticks between them), else its own."""
+    return 1 if len(rows) <= 10 else None
 
 
 def save_pngs(
@@ -187,41 +260,58 @@ class Viewer:
         lost_long_enough = time.monotonic() - self.lost_at >= self.retry_seconds
         if self.server and self.client.offline and lost_long_enough and self._probe():
             print(f"Visdom server at {self.server} answers again: sending the windows there")
-        for name, (image, title) in grids.items():
-            height, width = image.shape[1:]  # pane size: the image plus the title bar
-            opts = dict(title=title, width=width + 20, height=height + 60)
-            self._send("image", image.numpy(), win=name, opts=opts)
+        outputs = {name: grids[name] for name in OUTPUTS if name in grids}
+        self._send_images(outputs)
         self._send_losses(history)
-        if latent is not None:
-            self._send_map(latent)
         counted = [row for row in history if "active_units" in row]  # older runs lack it
         if counted:
-            self._send(
-                "line",
-                np.array([row["active_units"] for row in counted]),
-                np.array([row["epoch"] for row in counted]),
-                win="active_units",
-                opts={
-                    "title": "active latent dimensions (Cov_x E[z_u] > 0.01)",
-                    "xlabel": "epoch",
-                    "ylabel": "active dimensions",
-                    "ytickstep": 1,
-                },
-            )
+            self._send_active_units(counted)
+        if latent is not None:
+            self._send_map(latent)
+        self._send_images({name: shown for name, shown in grids.items() if name not in outputs})
+
+    def _send_images(self, grids: dict[str, tuple[torch.Tensor, str]]) -> None:
+        """An image window for each grid (name → (uint8 image, title))."""
+        for name, (image, title) in grids.items():
+            self._send("image", image.numpy(), win=name, opts=image_opts(image, title))
+
+    def _send_active_units(self, counted: list[dict]) -> None:
+        """The active units per epoch."""
+        self._send(
+            "line",
+            np.array([row["active_units"] for row in counted]),
+            np.array([row["epoch"] for row in counted]),
+            win="active_units",
+            opts=plot_opts(
+                "active latent dimensions",
+                f"dimension u counts when Cov_x E[z_u] > {ACTIVE_THRESHOLD}",
+                ACTIVE_SIZE,
+                xlabel="epoch",
+                xtickstep=epoch_ticks(counted),
+                ylabel="dimensions",
+                ytickstep=1,
+            ),
+        )
 
     def _send_losses(self, history: list[dict]) -> None:
         """The loss pane: train and test loss per epoch, and the watched −log p(x) if any."""
+        opts = plot_opts(
+            "loss per image",
+            "",
+            LOSS_SIZE,
+            legend=["train", "test"],
+            xlabel="epoch",
+            xtickstep=epoch_ticks(history),
+        )
+        # the legend in one line above the plot, at its right, where the details line would be
+        legend = {"orientation": "h", "x": 1, "xanchor": "right", "y": 1, "yanchor": "bottom"}
+        opts["layoutopts"]["plotly"]["legend"] = legend
         self._send(
             "line",
             np.array([[row["train_loss"], row["test_loss"]] for row in history]),
             np.array([[row["epoch"]] * 2 for row in history]),
             win="loss",
-            opts=dict(
-                title="loss per image",
-                legend=["train", "test"],
-                xlabel="epoch",
-                ylabel="loss per image",
-            ),
+            opts=opts,
         )
         watched = [row for row in history if "watch_nll" in row]
         if watched:  # a trace of its own: it has points only on the epochs it was estimated
@@ -241,15 +331,15 @@ class Viewer:
             latent.points.numpy(),
             (latent.labels + 1).numpy(),  # Visdom's classes are 1..K, one trace for each present
             win="latent_map",
-            opts={
-                "title": latent.title,
-                "legend": latent.names,
-                "markersize": 4,
-                "xlabel": latent.axis_labels[0],
-                "ylabel": latent.axis_labels[1],
-                "width": 760,
-                "height": 500,
-            },
+            opts=plot_opts(
+                latent.title,
+                latent.details,
+                MAP_SIZE,
+                legend=latent.names,
+                markersize=4,
+                xlabel=latent.axis_labels[0],
+                ylabel=latent.axis_labels[1],
+            ),
         )
 
 
@@ -257,23 +347,26 @@ def traversal(
     decode, start: torch.Tensor, activity: Activity, epoch: int, steps: int
 ) -> tuple[torch.Tensor, str]:
     """Rows that sweep each active dimension (largest variance first, at most TRAVERSAL_ROWS)
-    from -3 to 3 around the code `start` [d]; with none active, the one image every code gives."""
-    dims = activity.ranked(TRAVERSAL_ROWS)
+    from -3 to 3 around the code `start` [d]; with none active, the one image every code gives.
+
+    The grid has the same size every epoch, a row for each of min(TRAVERSAL_ROWS, d)
+    dimensions: the rows that no active dimension fills are white.
+    """
+    rows = min(TRAVERSAL_ROWS, activity.dims)
+    dims = activity.ranked(rows)
+    tiles = torch.ones(rows, steps, 784, device=start.device)
     if not dims:
-        title = (
-            f"traversal: no latent dimension is active (0 of {activity.dims}): every code "
-            f"decodes to about this image, epoch {epoch}"
-        )
-        return grid(decode(start[None]), 1), title
+        tiles[0, 0] = decode(start[None]).reshape(784)
+        return grid(tiles, steps), f"traversal: 0 of {activity.dims} dims active, epoch {epoch}"
     values = torch.linspace(-3.0, 3.0, steps, device=start.device)
     codes = start.repeat(len(dims), steps, 1)
     for row, dim in enumerate(dims):
         codes[row, :, dim] = values
-    shown = "" if len(dims) == activity.count else f" (the {len(dims)} most active shown)"
-    title = (
-        f"traversal: {activity.count} of {activity.dims} dims active{shown}, -3..3, epoch {epoch}"
-    )
-    return grid(decode(codes.reshape(-1, activity.dims)), steps), title
+    tiles[: len(dims)] = decode(codes.reshape(-1, activity.dims)).reshape(len(dims), steps, 784)
+    count = f"{activity.count} of {activity.dims} dims active"
+    if len(dims) < activity.count:
+        count = f"top {len(dims)} of {activity.count} active"
+    return grid(tiles, steps), f"traversal: {count}, -3..3, epoch {epoch}"
 
 
 def watch_name(row: dict) -> str:
@@ -292,7 +385,7 @@ def figures(
     shown = {
         "originals": (grid(images, nrow), "test images (fixed)"),
         "reconstructions": (grid(decode(mu), nrow), f"reconstructions, epoch {epoch}"),
-        "samples": (grid(decode(z), nrow), f"samples from fixed z ~ N(0, I), epoch {epoch}"),
+        "samples": (grid(decode(z), nrow), f"samples from the prior, epoch {epoch}"),
     }
     steps = 10
     if model.latent_dim == 2:
@@ -308,7 +401,7 @@ def figures(
         )
     else:
         shown["traversal"] = traversal(decode, mu[0], activity, epoch, steps)
-    pairs = min(4, images.shape[0] // 2)
+    pairs = min(8, images.shape[0] // 2)  # 8 rows: as tall as an 8x8 grid
     weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
     start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]
     codes = (1 - weights) * start + weights * end

@@ -107,8 +107,10 @@ class VisdomServer:
     def start(self) -> None:
         import visdom
 
-        built = Path(visdom.__file__).parent / "static" / "version.built"
-        if not built.exists():
+        package = Path(visdom.__file__).parent  # the assets, and the user style the page names
+        if not all(
+            (package / name).exists() for name in ("static/version.built", "user/style.css")
+        ):
             pytest.fail("Visdom's assets are not in place: run `make setup` (README, Set up)")
         self.log = open(self.env_path / "server.log", "ab")
         self.process = subprocess.Popen(

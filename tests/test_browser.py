@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import time
+from itertools import combinations
 
 import pytest
 
@@ -15,17 +17,43 @@ from screenshot_visdom import chromium, wait_for_panes
 EXPLORER_IMAGE = """return Array.from(document.querySelectorAll('.react-grid-item'))
     .find(pane => pane.innerText.includes('decoded image')).querySelector('img').src"""
 FIRST_VALUE = ".content-properties input"
+# Every window's rectangle, its title's line boxes, its bar's buttons, what it shows (images,
+# tables, plots), its grid images and its plots' texts (titles, details, axis titles, legend)
+# with plotly's toolbar; in page coordinates.
+LAYOUT = """const box = el => { const r = el.getBoundingClientRect();
+    return [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY]; };
+const lines = el => { const range = document.createRange(); range.selectNodeContents(el);
+    return Array.from(range.getClientRects()).map(r =>
+        [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY]); };
+return {width: document.documentElement.clientWidth,
+    windows: Array.from(document.querySelectorAll('.react-grid-item')).map(pane => ({
+        title: pane.querySelector('.bar').lastElementChild.innerText,
+        box: box(pane),
+        bar: box(pane.querySelector('.bar')),
+        title_lines: lines(pane.querySelector('.bar').lastElementChild),
+        buttons: Array.from(pane.querySelectorAll('.bar button')).map(box),
+        content: box(pane.querySelector('.content')),
+        things: Array.from(pane.querySelectorAll(
+            '.content img, .content table, .content .js-plotly-plot')).map(box),
+        images: Array.from(pane.querySelectorAll('img.content-image')).map(i =>
+            ({box: box(i), natural: [i.naturalWidth, i.naturalHeight]})),
+        plots: Array.from(pane.querySelectorAll('.js-plotly-plot')).map(plot => ({box: box(plot),
+            toolbar: Array.from(plot.querySelectorAll('.modebar')).map(box),
+            texts: Array.from(plot.querySelectorAll(
+                '.gtitle, .annotation-text, .xtitle, .ytitle, .legend'))
+                .map(t => [t.textContent, box(t)])})),
+    }))}"""
 
 
 def expected_images(active: int) -> dict[str, tuple[int, int]]:
     """Title → pixel size of its image: 16 images in a 4x4 grid, the views 10 wide, the
-    traversal one row per active dimension."""
+    traversal a row for each of the 10 dimensions (those not active left white)."""
     return {
         "test images (fixed)": (122, 122),
         "reconstructions, epoch 2": (122, 122),
-        "samples from fixed z ~ N(0, I), epoch 2": (122, 122),
-        f"traversal: {active} of 10 dims active, -3..3, epoch 2": (302, 2 + 30 * active),
-        "interpolations, epoch 2": (302, 122),  # 4 pairs of test images
+        "samples from the prior, epoch 2": (122, 122),
+        f"traversal: {active} of 10 dims active, -3..3, epoch 2": (302, 302),
+        "interpolations, epoch 2": (302, 242),  # 8 pairs of test images
     }
 
 
@@ -41,6 +69,11 @@ def browser(tmp_path):
         pytest.skip(str(error))
     yield driver
     driver.quit()
+
+
+def explorer_drawn(panes: list[dict]) -> bool:
+    """The explorer's two windows, with their image and values."""
+    return len(panes) == 2 and all(pane["images"] or pane["inputs"] for pane in panes)
 
 
 def shown(panes: list[dict], expected: dict) -> tuple[dict, list]:
@@ -120,6 +153,10 @@ def test_the_explorer_redraws_when_a_value_is_typed_into_the_page(
             explorer,
         )
         browser.save_screenshot(str(tmp_path / "explorer.png"))
+        check_layout(settled_layout(browser, explorer_drawn), 2)
+        browser.set_window_size(1280, 1000)
+        browser.refresh()
+        check_layout(settled_layout(browser, explorer_drawn), 2)
         values = json.loads(client.get_window_data(env="explore"))["explorer_values"]["content"]
         assert (
             values[0]["value"] == "2.50"
@@ -133,3 +170,135 @@ def test_the_explorer_redraws_when_a_value_is_typed_into_the_page(
             explorer.communicate()
     assert explorer.returncode == 0 and "explorer stopped (Ctrl-C)" in stdout
     assert "Traceback" not in stderr, stderr
+
+
+def inside(inner: list[float], outer: list[float], slack: float = 1) -> bool:
+    """Whether the box [left, top, right, bottom] `inner` lies in `outer`, to `slack` pixels."""
+    return (
+        inner[0] >= outer[0] - slack
+        and inner[1] >= outer[1] - slack
+        and inner[2] <= outer[2] + slack
+        and inner[3] <= outer[3] + slack
+    )
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two boxes share more than a pixel's edge."""
+    return min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1
+
+
+def layout_problems(page: dict) -> list[str]:
+    """What a reader would see wrong on the page (LAYOUT's reading): windows that overlap or
+    pass the right edge, window titles cut or wrapped, plot texts cut or under plotly's
+    toolbar, grid images scaled, content cut or in a window much bigger than it."""
+    problems = []
+    for window in page["windows"]:
+        name, box = window["title"], window["box"]
+        if box[2] > page["width"] + 0.5:
+            problems.append(f"{name!r} ends at x={box[2]:.0f}, past the page's {page['width']}")
+        lines = window["title_lines"]
+        if len(lines) != 1:
+            problems.append(f"the title {name!r} takes {len(lines)} lines")
+        for line in lines:
+            beside = all(not overlap(line, button) for button in window["buttons"])
+            if not (inside(line, box) and line[1] <= window["bar"][1] + 2 and beside):
+                problems.append(f"the title {name!r} is cut or hidden")
+        for plot in window["plots"]:
+            for text, where in plot["texts"]:
+                if not inside(where, plot["box"]):
+                    problems.append(f"{name!r}: {text!r} is cut")
+                if any(overlap(where, toolbar) for toolbar in plot["toolbar"]):
+                    problems.append(f"{name!r}: {text!r} is under the toolbar")
+        for image in window["images"]:
+            width, height = image["natural"]
+            shown = image["box"][2] - image["box"][0], image["box"][3] - image["box"][1]
+            zoom = round(shown[0] / width)
+            if zoom < 1 or abs(shown[0] - zoom * width) > 1 or abs(shown[1] - zoom * height) > 1:
+                problems.append(f"{name!r}: its {width}x{height} image is shown at {shown}")
+        if window["things"]:
+            things = window["things"]
+            used = [min(t[0] for t in things), min(t[1] for t in things)]
+            used += [max(t[2] for t in things), max(t[3] for t in things)]
+            if not inside(used, window["content"], slack=1.5):
+                problems.append(f"{name!r}: its window cuts what it shows")
+            spare = [
+                window["content"][i + 2] - window["content"][i] - used[i + 2] + used[i]
+                for i in (0, 1)
+            ]
+            if max(spare) >= 30:  # two of the grid's rows
+                problems.append(f"{name!r}: its window is {spare} pixels bigger than its content")
+    for a, b in combinations(page["windows"], 2):
+        if overlap(a["box"], b["box"]):
+            problems.append(f"{a['title']!r} and {b['title']!r} overlap")
+    return problems
+
+
+def settled_layout(driver, ready, seconds: float = 30) -> dict:
+    """The page's layout once `ready(panes)` and two readings a moment apart agree (Visdom packs
+    the windows again when it learns the page's width); the time is a safety limit."""
+    wait_for_panes(driver, ready, seconds)
+    deadline = time.monotonic() + seconds
+    before = driver.execute_script(LAYOUT)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = driver.execute_script(LAYOUT)
+        if after == before:
+            break
+        before = after
+    return after
+
+
+def check_layout(page: dict, windows: int) -> None:
+    assert len(page["windows"]) == windows, [window["title"] for window in page["windows"]]
+    problems = layout_problems(page)
+    assert not problems, "\n".join(problems)
+
+
+def moved(page: dict, reference: dict, pixels: float) -> list:
+    """The windows of `page` more than `pixels` from where they are in `reference`."""
+    places = {window["title"]: window["box"] for window in reference["windows"]}
+    return [
+        (window["title"], window["box"], places.get(window["title"]))
+        for window in page["windows"]
+        if window["title"] not in places
+        or max(abs(a - b) for a, b in zip(window["box"], places[window["title"]])) > pixels
+    ]
+
+
+def test_the_page_keeps_a_readable_layout_while_a_run_trains_into_it(
+    visdom_server, browser, data_dir, tmp_path
+):
+    """Opened before the run (env main, which a new server has), the page keeps every window's
+    size from its first message; reloaded after the run at 1280 pixels, then twice at 1920 (the
+    second time from the places the page stored), the windows stay where they were; and no
+    window overlaps another or passes the right edge, no title is cut."""
+
+    def trained(panes: list[dict]) -> bool:  # 8 windows with content, 5 titled epoch 2
+        with_content = all(pane["images"] or pane["traces"] for pane in panes)
+        return len(panes) == 8 and with_content and sum("epoch 2" in p["text"] for p in panes) == 5
+
+    browser.set_window_size(1280, 1000)
+    browser.get(f"{visdom_server.url}/env/main")
+    client = visdom_server.client("main")  # a window that shows once the page follows the env
+    client.text("waiting for the run", win="probe")
+    wait_for_panes(browser, lambda panes: any("waiting" in pane["text"] for pane in panes))
+    client.close(win="probe")
+    wait_for_panes(browser, lambda panes: not panes)
+    run = [*SHORT, "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]
+    assert main.main([*run, *visdom_flags(visdom_server, "main")]) == 0
+    live = settled_layout(browser, trained)
+    browser.save_screenshot(str(tmp_path / "live-1280.png"))
+    check_layout(live, 8)
+    browser.refresh()
+    reloaded = settled_layout(browser, trained)
+    check_layout(reloaded, 8)
+    assert moved(reloaded, live, 1.5) == []  # a pixel for rounding: columns are pixel fractions
+    browser.set_window_size(1920, 1000)
+    for visit in ("reloaded-1920", "again-1920"):
+        browser.refresh()
+        wide = settled_layout(browser, trained)
+        browser.save_screenshot(str(tmp_path / f"{visit}.png"))
+        check_layout(wide, 8)
+        assert moved(wide, live, 4) == []  # the grid's columns are 1% wider at 1920
+    log = (visdom_server.env_path / "server.log").read_text()
+    assert [line for line in log.splitlines() if line.startswith(("ERROR", "WARNING"))] == []

@@ -89,16 +89,29 @@ def test_the_projection_of_a_2d_latent_keeps_its_geometry():
 
 
 def test_the_traversal_has_a_row_per_active_dimension_and_none_when_none_is():
+    """A row for each dimension, so that the grid keeps its size; the active ones sweep, the
+    others are white; with none active, the one image every code gives."""
+
     def decode(codes: torch.Tensor) -> torch.Tensor:  # an image that changes with every dimension
         return torch.sigmoid(codes.sum(-1, keepdim=True).expand(*codes.shape[:-1], 784))
+
+    def tile(image: torch.Tensor, row: int, column: int) -> torch.Tensor:
+        return image[:, 2 + 30 * row : 30 * (row + 1), 2 + 30 * column : 30 * (column + 1)]
 
     variance = torch.tensor([0.5, 0.0, 2.0, 0.001])
     image, title = traversal(decode, torch.zeros(4), Activity(variance, variance > 0.01), 3, 10)
     assert title == "traversal: 2 of 4 dims active, -3..3, epoch 3"
-    assert tuple(image.shape) == (3, 2 + 2 * 30, 2 + 10 * 30)
+    assert tuple(image.shape) == (3, 2 + 4 * 30, 2 + 10 * 30)
+    assert tile(image, 1, 0).float().mean() < tile(image, 1, 9).float().mean() < 255
+    assert (tile(image, 2, 0) == 255).all() and (tile(image, 3, 9) == 255).all()
     image, title = traversal(decode, torch.zeros(4), Activity(variance, variance > 10), 3, 10)
-    assert title.startswith("traversal: no latent dimension is active (0 of 4)")
-    assert tuple(image.shape) == (3, 28, 28)  # one image, not rows that do not change
+    assert title == "traversal: 0 of 4 dims active, epoch 3"
+    assert tuple(image.shape) == (3, 2 + 4 * 30, 2 + 10 * 30)
+    assert (tile(image, 0, 0) < 255).any() and (image[:, 30:] == 255).all()
+    variance = torch.linspace(1.0, 2.0, 12)  # 12 active: the 10 most active, every row filled
+    image, title = traversal(decode, torch.zeros(12), Activity(variance, variance > 0.01), 3, 10)
+    assert title == "traversal: top 10 of 12 active, -3..3, epoch 3"
+    assert tuple(image.shape) == (3, 2 + 10 * 30, 2 + 10 * 30) and (tile(image, 9, 0) < 255).any()
 
 
 def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path):
@@ -113,8 +126,9 @@ def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path
     traces = shown["latent_map"]["content"]["data"]
     assert [trace["name"] for trace in traces] == names
     assert all(len(trace["x"]) == len(trace["y"]) == 40 for trace in traces)
-    assert shown["latent_map"]["title"].startswith("latent map of 400 test images: PCA of the 5-D")
-    assert "5 of 5 dims active, epoch 1" in shown["latent_map"]["title"]
+    assert shown["latent_map"]["title"] == "latent map, epoch 1"
+    details = shown["latent_map"]["content"]["layout"]["annotations"][0]["text"]
+    assert details.startswith("400 test images: PCA of the 5-D") and "5 of 5 dims active" in details
     assert shown["active_units"]["content"]["data"][0]["y"] == [5]
     assert not (tmp_path / "latent_map.png").exists()  # a server shows it: PNGs at the end
     viewer.save()

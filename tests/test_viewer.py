@@ -45,12 +45,12 @@ def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -
     side = 2 + int(num_images**0.5) * 30  # make_grid: 28-pixel images with 2-pixel padding
     for name in ("originals", "reconstructions", "samples"):
         assert image_size(shown[name]) == (side, side), name
-    # One row per active dimension (these tiny runs have some, and at most the 10 there are).
+    # A row per dimension, the active ones' filled (these tiny runs have some, at most 10).
     assert re.fullmatch(
         rf"traversal: {active} of 10 dims active, -3\.\.3, epoch {epochs}",
         shown["traversal"]["title"],
     ), shown["traversal"]["title"]
-    assert 0 < active and image_size(shown["traversal"]) == (2 + 10 * 30, 2 + active * 30)
+    assert 0 < active and image_size(shown["traversal"]) == (2 + 10 * 30, 2 + 10 * 30)
     assert shown["originals"]["title"] == "test images (fixed)"
     assert shown["reconstructions"]["title"] == f"reconstructions, epoch {epochs}"
     lines = {trace["name"]: trace for trace in shown["loss"]["content"]["data"]}

@@ -30,6 +30,9 @@ from vae import VAE
 
 VALUES_WINDOW, IMAGE_WINDOW = "explorer_values", "explorer_image"
 MAX_DIMS = 32  # at most this many active dimensions get a value to set, the most active first
+# The values table's rows (Bootstrap's 20-pixel line and a border) and the reset button's row,
+# and the decoded image's side: the windows are sized to them.
+ROW_PIXELS, BUTTON_ROW_PIXELS, IMAGE_PIXELS = 21, 32, 224
 CHECK_SECONDS = 1.0  # how often, while no value changes, the server is asked if it is there
 
 
@@ -94,15 +97,16 @@ class Explorer:
         rows.append(
             {"type": "button", "name": "back to the centre of the test images", "value": "reset"}
         )
-        shown = "" if len(self.dims) == self.count else f", the {len(self.dims)} most active"
+        active = f"{self.count} of {self.latent_dim} dims active"
+        if len(self.dims) < self.count:
+            active = f"{self.count} of {self.latent_dim} active, top {len(self.dims)}"
         self.client.properties(
             rows,
             win=VALUES_WINDOW,
             opts={
-                "title": f"{self.count} of {self.latent_dim} dims active{shown} (range on the test "
-                "images): type a value, Enter",
+                "title": f"{active} (ranges: test images): type a value, Enter",
                 "width": 420,
-                "height": 70 + 26 * len(rows),
+                "height": ROW_PIXELS * len(self.dims) + BUTTON_ROW_PIXELS,
             },
         )
         with torch.inference_mode():
@@ -110,14 +114,10 @@ class Explorer:
         png = base64.b64encode(encode_png(image.mul(255).round().to(torch.uint8)).numpy().tobytes())
         # A text pane holding the PNG: Visdom's image panes swallow every key typed on the page.
         self.client.text(
-            f'<img src="data:image/png;base64,{png.decode()}" width="224" '
-            'height="224" style="image-rendering: pixelated">',
+            f'<img src="data:image/png;base64,{png.decode()}" width="{IMAGE_PIXELS}" '
+            f'height="{IMAGE_PIXELS}" style="image-rendering: pixelated; display: block">',
             win=IMAGE_WINDOW,
-            opts={
-                "title": "decoded image (Ctrl-C in the terminal stops)",
-                "width": 260,
-                "height": 290,
-            },
+            opts={"title": "decoded image", "width": IMAGE_PIXELS + 2, "height": IMAGE_PIXELS},
         )
 
 

@@ -1,11 +1,13 @@
 """Open a Visdom page in headless Chromium (Debian's chromium, chromium-driver); save a screenshot.
 
-    python tools/screenshot_visdom.py http://localhost:8097/env/main docs/latent.png
+    python tools/screenshot_visdom.py http://localhost:8097/env/main docs/latent.png --crop
 
 tests/test_browser.py drives the browser through the same functions.
 """
 
 import argparse
+import io
+import math
 import shutil
 import sys
 import tempfile
@@ -31,6 +33,11 @@ PANES = """return Array.from(document.querySelectorAll('.react-grid-item')).map(
     traces: Array.from(pane.querySelectorAll('.js-plotly-plot'))
         .flatMap(p => p.data.map(t => [t.name, Array.from(t.x)])),
 }))"""
+# The box [left, top, right, bottom] around every pane, with the grid's 10-pixel margin.
+WINDOWS_BOX = """const boxes = Array.from(document.querySelectorAll('.react-grid-item'))
+    .map(pane => pane.getBoundingClientRect());
+return [Math.min(...boxes.map(b => b.left)) - 10, Math.min(...boxes.map(b => b.top)) - 10,
+    Math.max(...boxes.map(b => b.right)) + 10, Math.max(...boxes.map(b => b.bottom)) + 10]"""
 
 
 def chromium(profile_dir: str):
@@ -76,6 +83,9 @@ def main() -> int:
         default=6,
         help="wait until this many panes have content (default: %(default)s)",
     )
+    parser.add_argument(
+        "--crop", action="store_true", help="keep only the windows, not the page around them"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as profile:
         try:
@@ -92,7 +102,21 @@ def main() -> int:
                     and all(p["images"] or p["traces"] or p["inputs"] for p in panes)
                 ),
             )
-            driver.save_screenshot(args.png)
+            # the window tall enough for every pane and its margin, so that the shot holds them
+            bottom = driver.execute_script(WINDOWS_BOX)[3]
+            missing = math.ceil(bottom - driver.execute_script("return window.innerHeight"))
+            if missing > 0:
+                size = driver.get_window_size()
+                driver.set_window_size(size["width"], size["height"] + missing)
+                panes = wait_for_panes(driver, lambda panes: True)
+            if args.crop:  # 256 colours: the page has few, and the file is a third of the size
+                from PIL import Image
+
+                box = [round(edge) for edge in driver.execute_script(WINDOWS_BOX)]
+                page = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+                page.crop(box).quantize(256).save(args.png, optimize=True)
+            else:
+                driver.save_screenshot(args.png)
         finally:
             driver.quit()
     print(f"{len(panes)} panes; screenshot in {args.png}")

@@ -4,7 +4,8 @@ starts without internet (it skips its CDN download once static/version.built hol
     python tools/visdom_assets.py          # needs `npm` and its registry; run once per venv
 
 The table maps what visdom 0.2.4's server/build.py downloads to the same files in the npm
-packages of the exact versions it names.
+packages of the exact versions it names. The tool also writes the empty user style file that
+visdom's page names, without which the server logs an error on every page load.
 """
 
 import shutil
@@ -62,6 +63,17 @@ def static_folder() -> Path:
     return Path(visdom.__file__).parent / "static"
 
 
+def write_user_style(static: Path) -> None:
+    """visdom/user/style.css beside `static`, if missing: the page links static_url(
+    "../user/style.css"), whose hash tornado logs "Could not open static file" for when there is
+    no such file. The server answers that URL with the user's own styles (~/.config/visdom and
+    the env folder), not this file's."""
+    style = static.parent / "user" / "style.css"
+    if not style.exists():
+        style.parent.mkdir(exist_ok=True)
+        style.write_text("/* Empty: visdom serves /user/style.css from the user's settings. */\n")
+
+
 def install(static: Path) -> None:
     """Fetch every package with `npm pack` and copy its listed files under `static`."""
     import visdom
@@ -100,4 +112,5 @@ def install(static: Path) -> None:
 
 
 if __name__ == "__main__":
+    write_user_style(static_folder())
     install(static_folder())
