@@ -39,7 +39,8 @@ def batch_loss(model: VAE, x: torch.Tensor, args: Namespace) -> torch.Tensor:
     """The negative ELBO of a batch, per image: reconstruction + β·KL (vae.py).
 
     --objective iwae: the negative importance-weighted bound with k = --train-k instead; --stl
-    changes the encoder's gradient, not the value (the ELBO then uses a one-sample KL). Under --amp
+    (sticking the landing) computes the ELBO as that bound at k = 1, its KL from the one sample,
+    with the encoder's gradient less the score term. Under --amp
     the forward pass runs in bf16. --compile compiles this whole function, so that the loss's many
     small operations and their backward are compiled with the model.
     """
@@ -147,7 +148,7 @@ def train(
                 model, loss_fn, optimizer, splits.train, args, epoch, device, threads, lr_at
             )
             seconds = time.perf_counter() - tick
-            # the test set: the loss, the active latent dimensions, and now and then −log p(x)
+            # the test set: the latent means and active dimensions, the loss, now and then −log p(x)
             means = latent_means(model, splits.test[:MAP_IMAGES])  # the latent map's points
             activity = active_units(means)
             row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
@@ -161,14 +162,16 @@ def train(
                 threads=threads.epoch_threads(),
             )
             print(messages.epoch_line(args, row))
-            # save the checkpoint with its metrics line, then show the pictures: written from a
-            # copy by another thread while the next epoch trains
+            # the pictures' grids, drawn here; then the checkpoint with its metrics line, and the
+            # pictures sent or written, by another thread from a copy while the next epoch trains
             grids, latent = show.pictures(model, epoch, means, activity)
             then = functools.partial(show.show, grids, latent=latent)  # then(history)
             folder.save_epoch(model, optimizer, args, row, device, then)
     finally:  # done, stopped or failed: the write in flight ends, the last pictures go to PNGs
-        folder.finish()
-        writing(show.save)
+        try:
+            folder.finish()
+        finally:
+            writing(show.save)
 
     # after the last epoch: −log p(x) if --eval-k asks for it, and where to look
     if args.eval_k:
@@ -186,7 +189,7 @@ def main(argv: list[str]) -> int:
     args, checkpoint, folder = settings.resolve(argv)  # a bad flag exits here, before any work
     device = settings.pick_device(args.device)
     if args.threads:
-        torch.set_num_threads(args.threads)  # training sets it through threads.ThreadTuner
+        torch.set_num_threads(args.threads)  # in training, threads.ThreadTuner keeps it
     torch.manual_seed(args.seed)  # seeded once: every draw of the run follows from --seed
     mode = modes.generate if args.generate else modes.evaluate if args.evaluate else train
     try:

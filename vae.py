@@ -79,7 +79,7 @@ class VAE(nn.Module):
         """Set the decoder's output bias to the logits of `mean_image` (the training set's mean).
 
         A new decoder then draws about the average digit for every z instead of uniform grey, so the
-        first steps need not learn it, and the first epoch ends lower in test loss (README, Speed).
+        first steps need not learn it, and the first epoch ends lower in test loss (docs/speed.md).
         """
         self.decoder[-1].bias.copy_(torch.logit(mean_image.reshape(self.input_dim), eps=1e-3))
 

@@ -1,14 +1,13 @@
 """The two modes that use a checkpoint without training: --evaluate and --generate."""
 
 from argparse import Namespace
-from pathlib import Path
 
 import torch
 
 from helpers import data, likelihood
 from helpers.checkpoint import append_metrics
 from helpers.latent import MAP_IMAGES, active_units, latent_map, latent_means
-from helpers.runfiles import RunFolder, build_model, restore
+from helpers.runfiles import RunFolder, build_model, restore, writing
 from helpers.viewer import figures, fixed_inputs, save_pngs
 
 
@@ -23,7 +22,7 @@ def evaluate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch
         f"+ KL {elbo['test_kl']:.2f})"
     )
     row = likelihood.log_likelihood(model, test, args, args.eval_k or 5000, checkpoint["epoch"])
-    append_metrics(folder.out / "metrics.jsonl", {**row, **elbo})
+    writing(append_metrics, folder.metrics, {**row, **elbo})
     return 0
 
 
@@ -38,5 +37,6 @@ def generate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch
     shown = figures(model.eval(), images, z, checkpoint["epoch"], nrow, activity)
     names = data.class_names(args.dataset)
     latent = latent_map(means, splits.map_labels, names, activity, checkpoint["epoch"])
-    print(f"wrote {', '.join(save_pngs(Path(args.out), shown, latent))} to {args.out}")
+    names = writing(save_pngs, folder.out, shown, latent)
+    print(f"wrote {', '.join(names)} to {args.out}")
     return 0

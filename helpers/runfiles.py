@@ -45,10 +45,10 @@ class WriteError(Exception):
     """A file of the run folder could not be written (a full disk, say); the message says which."""
 
 
-def writing(function: Callable, *args) -> None:
+def writing(function: Callable, *args):
     """function(*args), an OSError it raises (a full disk, say) raised as a WriteError."""
     try:
-        function(*args)
+        return function(*args)
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""
         raise WriteError(f"writing{where} failed ({error.strerror or error})") from None

@@ -251,7 +251,7 @@ class Viewer:
     ) -> None:
         """Send the grids (name → (uint8 image, title)), the loss plot, the latent map and the
         active units per epoch. While no server shows them, write them as PNG files too (else
-        close() does, at the end)."""
+        save() does, at the end)."""
         self.unsaved = (grids, latent)
         if not self.online:
             self.save()
