@@ -111,13 +111,13 @@ def map_image(latent: LatentMap, size: tuple[int, int] = (700, 560)) -> torch.Te
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=13)
-    lines = [latent.title, *textwrap.wrap(latent.details, width=80)]
+    lines = [latent.title, *textwrap.wrap(latent.details, width=90)]
     top, left, right, bottom = 24 + 17 * len(lines), 50, width - 120, height - 40
     for i, line in enumerate(lines):
         draw.text((width // 2, 12 + 17 * i), line, fill="black", font=font, anchor="mt")
     draw.rectangle((left, top, right, bottom), outline="black")
     draw.text(((left + right) // 2, height - 12), latent.axis_labels[0], "black", font, "ms")
-    draw.text((14, (top + bottom) // 2), latent.axis_labels[1], "black", font, "mm")
+    draw.text((22, (top + bottom) // 2), latent.axis_labels[1], "black", font, "mm")
     points = latent.points.float()
     low, high = points.min(dim=0).values, points.max(dim=0).values
     span = (high - low).clamp_min(1e-9)
