@@ -8,6 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from helpers.flags import main_command, plural
+from helpers.runfiles import NonFiniteLoss, WriteError
 from vae import GAUSSIAN_LOG_NORMALIZER
 
 
@@ -105,14 +106,14 @@ def interrupted(args: Namespace, folder) -> str:
 def failure(error: Exception, args: Namespace, folder) -> str:
     """The one line a failed run ends with: what failed, what is kept, what to try."""
     epochs, checkpoint = folder.saved_epochs, folder.out / "checkpoint.pt"
-    if type(error).__name__ == "WriteError":
+    if isinstance(error, WriteError):
         if not epochs:
             return f"{error}; no checkpoint was written: free some space or choose another --out"
         return (
             f"{error}; {checkpoint} of epoch {epochs} is intact. Free some space, then resume "
             f"with: {main_command()} --resume {checkpoint}"
         )
-    if type(error).__name__ != "NonFiniteLoss":
+    if not isinstance(error, NonFiniteLoss):
         return str(error)
     kept = f"{checkpoint} keeps epoch {epochs}" if epochs else "no checkpoint was written"
     return f"{error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size"

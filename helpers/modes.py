@@ -6,15 +6,14 @@ import torch
 
 from helpers import data, likelihood
 from helpers.checkpoint import append_metrics
-from helpers.latent import MAP_IMAGES, active_units, latent_map, latent_means
-from helpers.runfiles import RunFolder, build_model, restore, writing
-from helpers.viewer import figures, fixed_inputs, save_pngs
+from helpers.latent import MAP_IMAGES, active_units, latent_means
+from helpers.runfiles import RunFolder, trained_model, writing
+from helpers.viewer import fixed_inputs, pictures, save_pngs
 
 
 def evaluate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch.device) -> int:
     """--evaluate: the test loss and an importance-weighted log-likelihood of a checkpoint."""
-    model = build_model(args, device)
-    restore(model, None, checkpoint, args)
+    model = trained_model(args, checkpoint, device)
     test = data.load(args, device, train=False).test
     elbo = likelihood.test_loss(model, test, args)
     print(
@@ -28,15 +27,13 @@ def evaluate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch
 
 def generate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch.device) -> int:
     """--generate: the pictures of a checkpoint and its latent map as PNGs, no training."""
-    model = build_model(args, device)
-    restore(model, None, checkpoint, args)
+    model = trained_model(args, checkpoint, device)
     splits = data.load(args, device, train=False)
-    images, z, nrow = fixed_inputs(args, splits.test, device)
     means = latent_means(model, splits.test[:MAP_IMAGES])
-    activity = active_units(means)
-    shown = figures(model.eval(), images, z, checkpoint["epoch"], nrow, activity)
-    names = data.class_names(args.dataset)
-    latent = latent_map(means, splits.map_labels, names, activity, checkpoint["epoch"])
-    names = writing(save_pngs, folder.out, shown, latent)
-    print(f"wrote {', '.join(names)} to {args.out}")
+    inputs, names = fixed_inputs(args, splits.test, device), data.class_names(args.dataset)
+    shown, latent = pictures(
+        model, inputs, splits.map_labels, names, checkpoint["epoch"], means, active_units(means)
+    )
+    written = writing(save_pngs, folder.out, shown, latent)
+    print(f"wrote {', '.join(written)} to {args.out}")
     return 0

@@ -87,10 +87,10 @@ class Writer:
 
     def wait(self) -> None:
         """Wait for the job in flight, with Ctrl-C held off meanwhile; raise its error, if any."""
-        if self.thread is not None:
-            with ctrl_c_held():
-                self.thread.join()
-            self.thread = None
+        thread, self.thread = self.thread, None
+        if thread is not None:
+            with ctrl_c_held():  # a Ctrl-C meanwhile is raised after the join; the error stays
+                thread.join()
         error, self.error = self.error, None
         if error is not None:
             raise error
@@ -119,6 +119,13 @@ def restore(
             f"the checkpoint does not fit this model ({str(error).splitlines()[0]}): "
             "start a new run or give the flags it was made with"
         ) from None
+
+
+def trained_model(args: Namespace, checkpoint: dict, device: torch.device) -> VAE:
+    """The checkpoint's model built from `args` and loaded (no optimizer), in eval mode."""
+    model = build_model(args, device)
+    restore(model, None, checkpoint, args)
+    return model.eval()
 
 
 class RunFolder:

@@ -63,6 +63,16 @@ def fixed_inputs(args: Namespace, test: torch.Tensor, device: torch.device):
     return test[: args.num_images], z, max(1, round(math.sqrt(args.num_images)))
 
 
+def pictures(
+    model, inputs, labels: torch.Tensor, names: list[str], epoch: int, means, activity: Activity
+) -> tuple[dict, LatentMap]:
+    """An epoch's pictures, on the CPU: the grids of the fixed `inputs` (fixed_inputs) and the
+    latent map of `means`, the test images' latent means with their `labels`."""
+    images, z, nrow = inputs
+    shown = figures(model.eval(), images, z, epoch, nrow, activity)
+    return shown, latent_map(means, labels, names, activity, epoch)
+
+
 def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """Images [N,784] or [N,1,28,28] in [0,1] → one uint8 grid image [3,H,W] on the CPU."""
     images = images.detach().float().reshape(-1, 1, 28, 28).cpu()
@@ -202,10 +212,8 @@ class Viewer:
         return viewer
 
     def pictures(self, model, epoch: int, means, activity: Activity) -> tuple[dict, LatentMap]:
-        """An epoch's pictures, on the CPU: the grids of the fixed inputs, the map of `means`."""
-        images, z, nrow = self.inputs
-        shown = figures(model.eval(), images, z, epoch, nrow, activity)
-        return shown, latent_map(means, self.labels, self.names, activity, epoch)
+        """This run's pictures of an epoch (see pictures())."""
+        return pictures(model, self.inputs, self.labels, self.names, epoch, means, activity)
 
     def save(self) -> None:
         """Write the last pictures shown as PNG files, if they are not written yet."""

@@ -23,7 +23,7 @@ from helpers.ctrl_c import ctrl_c_remembered, raise_if_ctrl_c
 from helpers.data import DataError, load_images, to_test_pixels
 from helpers.flags import port
 from helpers.latent import MAP_IMAGES, active_units, latent_means
-from helpers.runfiles import build_model, restore
+from helpers.runfiles import trained_model
 from helpers.settings import data_folder_here
 from helpers.viewer import START_SERVER, visdom_client
 from vae import VAE
@@ -123,10 +123,7 @@ class Explorer:
 
 def load_model(checkpoint: dict) -> VAE:
     """The checkpoint's model in eval mode on the CPU, built and loaded as main.py does."""
-    args = argparse.Namespace(**checkpoint["args"])
-    model = build_model(args, torch.device("cpu"))
-    restore(model, None, checkpoint, args)
-    return model.eval()
+    return trained_model(argparse.Namespace(**checkpoint["args"]), checkpoint, torch.device("cpu"))
 
 
 def serve(explorer: Explorer, client, events: "queue.Queue[dict]", server: str) -> int:
