@@ -132,7 +132,7 @@ def train(
         model.start_at_mean_image(splits.train.mean(0))
     loss_fn = loss_function(args)
     lr_at = schedules.lr_function(args, folder.span)
-    threads = ThreadTuner.for_run(args.threads, device, announce=tqdm.write)
+    threads = ThreadTuner.for_run(args.threads, device, tqdm.write, paused=folder.writer.busy)
     names = data.class_names(args.dataset)
     show = viewer.Viewer.for_run(args, splits.test, splits.map_labels, names)
     done = len(folder.history)

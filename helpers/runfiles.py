@@ -85,6 +85,10 @@ class Writer:
         except BaseException as error:  # raised again in the main thread
             self.error = error
 
+    def busy(self) -> bool:
+        """Whether a job is running now."""
+        return self.thread is not None and self.thread.is_alive()
+
     def wait(self) -> None:
         """Wait for the job in flight, with Ctrl-C held off meanwhile; raise its error, if any."""
         thread, self.thread = self.thread, None

@@ -12,7 +12,10 @@ two threads are faster than one. So no fixed count is right; the count is measur
   when the steps get markedly slower than at the last calibration (the machine got busy). Its
   decisions depend only on the times it is fed, so tests feed it made-up times.
 - ThreadTuner applies it to a training loop: it times the steps, feeds the windows to the policy,
-  calls torch.set_num_threads and announces each change of the chosen count in one line.
+  calls torch.set_num_threads and announces each change of the chosen count in one line. It
+  times no window while the run's own writer thread is at work (the last epoch's checkpoint and
+  pictures): that slowdown is the run's, for a moment, not the machine's, and a calibration
+  measured then would keep 1 thread for the seconds until the next re-check.
 """
 
 import statistics
@@ -167,7 +170,8 @@ class ThreadTuner:
     """Runs a ThreadPolicy over a training loop: call begin_epoch() before an epoch's steps and
     step() after each step. Without a policy (a count forced with --threads, or a GPU, whose work
     does not wait on CPU threads) both do nothing and the count stays as it is. `on_cpu`: whether
-    the steps run on the CPU, whose thread count epoch_threads() then reports."""
+    the steps run on the CPU, whose thread count epoch_threads() then reports. While `paused()`
+    is true (the run's writer is at work) the steps are counted but not timed."""
 
     def __init__(
         self,
@@ -177,8 +181,9 @@ class ThreadTuner:
         clock: Callable[[], float] = time.perf_counter,
         forced: bool = False,
         on_cpu: bool = True,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.policy, self.announce, self.clock = policy, announce, clock
+        self.policy, self.announce, self.clock, self.paused = policy, announce, clock, paused
         self.window_seconds, self.forced, self.on_cpu = window_seconds, forced, on_cpu
         self.window_steps, self.window_time, self.mark = 0, 0.0, 0.0
         self.settling = 2  # the first steps allocate
@@ -188,7 +193,11 @@ class ThreadTuner:
 
     @classmethod
     def for_run(
-        cls, requested: int | None, device: torch.device, announce: Callable[[str], None] = print
+        cls,
+        requested: int | None,
+        device: torch.device,
+        announce: Callable[[str], None] = print,
+        paused: Callable[[], bool] = lambda: False,
     ) -> "ThreadTuner":
         """`requested` threads (--threads) fixed, or on the CPU the policy from torch's count."""
         on_cpu = device.type == "cpu"
@@ -197,7 +206,7 @@ class ThreadTuner:
             return cls(None, announce, forced=True, on_cpu=on_cpu)
         if not on_cpu or torch.get_num_threads() == 1:
             return cls(None, announce, on_cpu=on_cpu)
-        return cls(ThreadPolicy(torch.get_num_threads()), announce)
+        return cls(ThreadPolicy(torch.get_num_threads()), announce, paused=paused)
 
     def describe(self) -> str:
         """What the run's first line says about threads."""
@@ -216,6 +225,9 @@ class ThreadTuner:
             return
         now = self.clock()
         self.epoch_counts[self.policy.threads] += 1
+        if self.paused():  # the window so far is dropped; the next starts after this step
+            self.window_steps, self.window_time, self.mark = 0, 0.0, now
+            return
         if self.settling:  # the first steps, and the first after a change of count: not timed
             self.settling, self.mark = self.settling - 1, now
             return

@@ -140,6 +140,28 @@ def test_the_tuner_times_windows_applies_counts_and_reports_the_epochs_count(mon
     assert tuner.epoch_threads() == 2  # the count of most of the epoch's steps
 
 
+def test_steps_slowed_while_the_runs_writer_works_do_not_change_the_count(monkeypatch):
+    """The writer's moment of work (a checkpoint, the PNG files) takes a core: steps timed then
+    would start a calibration that keeps 1 thread; paused, they are not timed."""
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: None)
+
+    def announced_while_writing(paused: bool) -> list[str]:
+        clock, announced, writing = FakeClock(), [], [False]
+        tuner = ThreadTuner(
+            ThreadPolicy(2), announce=announced.append, clock=clock, paused=lambda: writing[0]
+        )
+        tuner.begin_epoch()
+        for step in range(1200):
+            writing[0] = paused and 400 <= step < 800  # the writer's job, after calibrating
+            slowed = 400 <= step < 800  # by a core the writer takes, whether paused or not
+            clock.now += 0.001 * (BUSY if slowed else IDLE)[tuner.policy.threads]
+            tuner.step()
+        return announced[1:]  # after the first calibration's 1 -> 2
+
+    assert announced_while_writing(paused=False)[0].startswith("threads: 2 -> 1")  # the contrast
+    assert announced_while_writing(paused=True) == []
+
+
 def test_a_forced_count_or_a_gpu_turns_the_policy_off():
     torch.set_num_threads(2)
     forced = ThreadTuner.for_run(1, torch.device("cpu"))
