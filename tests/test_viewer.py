@@ -249,9 +249,7 @@ def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path)
         # an epoch's pushes arrive one window at a time (the loss before the traversal): wait
         # for all of them; a window that never comes back fails at wait_for's limit
         every_window = {*WINDOWS, "loss"}
-        wait_for(
-            lambda: every_window <= set(windows(server, "restart")), "every window back", run
-        )
+        wait_for(lambda: every_window <= set(windows(server, "restart")), "every window back", run)
         shown = windows(server, "restart")
         # the new server started after an epoch >= killed_at + 3 wrote its PNGs: what it shows
         # comes from that epoch's pushes or later ones
