@@ -274,6 +274,13 @@ def build_parser() -> Parser:
 
     visdom = p.add_argument_group("Visdom")
     visdom.add_argument("--no-visdom", action="store_true", help="contact no server; PNGs only")
+    visdom.add_argument(
+        "--visdom",
+        dest="no_visdom",
+        action="store_false",
+        default=False,
+        help="contact the server after all: to --resume a --no-visdom run and watch it",
+    )
     visdom.add_argument("--visdom-server", default="http://localhost", help="server address")
     visdom.add_argument("--visdom-port", type=port, default=8097, help="server port")
     visdom.add_argument("--visdom-env", default="main", help="environment; the page opens on main")

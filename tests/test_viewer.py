@@ -95,6 +95,17 @@ def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
     check_windows(windows(visdom_server, "e2e"), epochs=1, active=active_units(tmp_path / "new"))
 
 
+def test_a_no_visdom_run_resumed_with_visdom_shows_its_windows(visdom_server, data_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = [*visdom_flags(visdom_server, "resumed"), "--data-dir", str(data_dir)]
+    assert main.main([*SHORT, "--no-visdom", "--out", str(out), *flags]) == 0
+    resume = ["--resume", str(out / "checkpoint.pt")]
+    assert main.main([*resume, "--epochs", "3"]) == 0  # the checkpoint's --no-visdom holds
+    assert "resumed" not in visdom_server.client("main").get_env_list()
+    assert main.main([*resume, "--epochs", "4", "--visdom"]) == 0
+    check_windows(windows(visdom_server, "resumed"), epochs=4, active=active_units(out))
+
+
 def test_no_server_trains_and_writes_pngs(data_dir, tmp_path):
     out = tmp_path / "run"
     result = run_main(
