@@ -8,8 +8,10 @@ two threads are faster than one. So no fixed count is right; the count is measur
 - ThreadPolicy decides. It is fed the wall time of windows of training steps and answers with the
   count for the next window: it calibrates by running each candidate count for a few windows in
   turn and keeps the one with the fastest median step (one noisy window cannot decide), calibrates
-  again after some seconds of training (the interval doubles while the choice holds), and at once
-  when the steps get markedly slower than at the last calibration (the machine got busy). Its
+  again after some seconds of training (the interval doubles while the choice holds, but not after
+  a first calibration that kept the start count: that one may have measured a moment's noise),
+  and at once when the steps get markedly slower than at the last calibration (the machine got
+  busy). Its
   decisions depend only on the times it is fed, so tests feed it made-up times.
 - ThreadTuner applies it to a training loop: it times the steps, feeds the windows to the policy,
   calls torch.set_num_threads and announces each change of the chosen count in one line. It
@@ -146,15 +148,18 @@ class ThreadPolicy:
         """
         old, fastest = self.chosen, min(medians, key=medians.get)
         near = [count for count in medians if medians[count] <= medians[fastest] * self.margin]
-        if self.reference is None:
+        first = self.reference is None
+        if first:
             self.chosen = max(near)
         elif old not in near:
             self.chosen = fastest
         self.threads, self.reference = self.chosen, medians[self.chosen]
         self.trained_seconds = 0.0
         self.recent.clear()
-        if self.chosen == old:
-            self.interval = min(2 * self.interval, self.longest_interval)
+        if self.chosen == old:  # confirmed: re-check later; the start count is not yet confirmed
+            self.interval = (
+                self.first_interval if first else min(2 * self.interval, self.longest_interval)
+            )
             return None
         self.interval = self.first_interval
         faster = statistics.median(self.measured[old]) / medians[self.chosen]

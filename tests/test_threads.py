@@ -72,6 +72,17 @@ def test_a_recalibration_brings_two_threads_back_when_they_are_faster_again():
     ]
 
 
+def test_a_first_calibration_that_kept_one_thread_is_checked_again_soon():
+    """A noisy first measure (2 threads slower for a moment) keeps the start count; the re-check
+    comes after the first interval, not its double, and finds 2 threads."""
+    policy = ThreadPolicy(2, recalibrate_seconds=5.0)
+    assert run_windows(policy, {1: 1.0, 2: 1.2}, 6) == [] and policy.chosen == 1
+    changes = run_windows(policy, IDLE, round(5.0 / WINDOW) + 20)  # less than 10 s at 1 thread
+    assert changes == [
+        "threads: 1 -> 2 (2 threads 1.3x faster per step than 1: cores are free; periodic re-check)"
+    ]
+
+
 def test_one_noisy_window_does_not_flip_the_count():
     policy = ThreadPolicy(2)
     run_windows(policy, IDLE, 6)
