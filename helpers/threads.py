@@ -11,8 +11,7 @@ two threads are faster than one. So no fixed count is right; the count is measur
   again after some seconds of training (the interval doubles while the choice holds, but not after
   a first calibration that kept the start count: that one may have measured a moment's noise),
   and at once when the steps get markedly slower than at the last calibration (the machine got
-  busy). Its
-  decisions depend only on the times it is fed, so tests feed it made-up times.
+  busy). Its decisions depend only on the times it is fed, so tests feed it made-up times.
 - ThreadTuner applies it to a training loop: it times the steps, feeds the windows to the policy,
   calls torch.set_num_threads and announces each change of the chosen count in one line. It
   times no window while the run's own writer thread is at work (the last epoch's checkpoint and
@@ -156,7 +155,7 @@ class ThreadPolicy:
         self.threads, self.reference = self.chosen, medians[self.chosen]
         self.trained_seconds = 0.0
         self.recent.clear()
-        if self.chosen == old:  # confirmed: re-check later; the start count is not yet confirmed
+        if self.chosen == old:  # the count holds: re-check later (soon, if only the start count)
             self.interval = (
                 self.first_interval if first else min(2 * self.interval, self.longest_interval)
             )
