@@ -1,5 +1,6 @@
 """main.py end to end on tiny MNIST files read by torchvision: metrics, checkpoints, resume."""
 
+import gc
 import math
 import shlex
 import shutil
@@ -572,3 +573,13 @@ def test_a_checkpoint_of_the_old_layout_resumes_evaluates_and_generates(data_dir
     assert metrics(out)[-1]["evaluation"] == "importance-weighted" and metrics(out)[-1]["k"] == 5
     assert main.main(["--generate", str(out / "checkpoint.pt"), *given]) == 0
     assert {"samples.png", "manifold.png", "latent_map.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_run_collects_garbage_again_after_the_imports(data_dir, tmp_path):
+    """main.py, run as the script, turns the collector off while torch loads; main() on again."""
+    gc.disable()
+    try:
+        assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(tmp_path / "r")]) == 0
+        assert gc.isenabled()
+    finally:
+        gc.enable()
