@@ -153,8 +153,8 @@ def main() -> int:
         ],
     }
     results = {"no server": [], "with a Visdom server": []}
-    # untimed: read torch's libraries into the page cache, which an idle machine may have emptied
-    # (tens of seconds from disk), so that the first round starts as warm as the others
+    # untimed: read torch's libraries into the page cache, which an idle machine may have emptied,
+    # so that the first round starts as warm as the others
     subprocess.run([sys.executable, "-c", "import torch, torchvision, visdom"], check=True)
     with tempfile.TemporaryDirectory() as tmp:
         server = visdom_server(Path(tmp), options.port)
