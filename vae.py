@@ -129,7 +129,8 @@ def negative_elbo(
     beta: float = 1.0,
     likelihood: str = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(reconstruction + β·KL, reconstruction, KL), each a per-image mean over the batch."""
-    recon = reconstruction_loss(logits, x, likelihood).mean()
-    kl = kl_divergence(mu, logvar).mean()
+    """(reconstruction + β·KL, reconstruction, KL), each a per-image mean over the batch; in
+    float32 whatever precision the forward pass ran in (bf16 under autocast)."""
+    recon = reconstruction_loss(logits.float(), x, likelihood).mean()
+    kl = kl_divergence(mu.float(), logvar.float()).mean()
     return recon + beta * kl, recon, kl

@@ -45,7 +45,8 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import main
-from helpers import flags, likelihood, runfiles, settings
+from helpers import flags, likelihood, messages, models, research, startup
+from helpers.batches import EpochBatches
 from helpers.checkpoint import read_metrics
 from helpers.data import idx_bytes, load_images, raw_folder, to_pixels
 from helpers.threads import ThreadTuner
@@ -70,8 +71,21 @@ def synthetic_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) -> 
 def fresh(args: argparse.Namespace, device: torch.device) -> tuple[VAE, torch.optim.Adam]:
     """A new model and optimizer, seeded as main.py seeds a run."""
     torch.manual_seed(args.seed)
-    model = runfiles.build_model(args, device)
-    return model, runfiles.build_optimizer(model, args)
+    model = models.build_model(args, device)
+    return model, models.build_optimizer(model, args)
+
+
+def epoch_trainer(args, model, optimizer, images, tuner, epochs: int) -> Callable[[int], float]:
+    """A function that trains epoch N of `epochs` on `images` as main.py's train() does: its
+    loss with the research options, the hooks on Adam's step, the batches; it returns the loss."""
+    loss_fn = research.training_loss(args, main.loss_function)
+    research.adjust_adam_steps(optimizer, args, {"start": 0, "end": epochs}, len(images), 0)
+
+    def train_epoch(epoch: int) -> float:
+        batches = EpochBatches(images, args.batch_size, args.binarize, epoch, tuner)
+        return main.train_epoch(model, optimizer, loss_fn, batches)
+
+    return train_epoch
 
 
 def sync(device: torch.device) -> None:
@@ -92,16 +106,16 @@ def project_loop(
     epochs, the thread count of each, and the seconds of the warm-up (compiling, with --compile)."""
     model, optimizer = fresh(args, device)
     torch._dynamo.reset()
-    loss_fn = main.loss_function(args)
     tuner = ThreadTuner.for_run(args.threads, device, announce=quiet)
+    train_epoch = epoch_trainer(args, model, optimizer, pixels, tuner, epochs + 1)
     start = time.monotonic()
-    main.train_epoch(model, loss_fn, optimizer, pixels, args, 0, device, tuner)
+    train_epoch(0)
     sync(device)
     warmup = time.monotonic() - start
     ready()
     start, counts = time.monotonic(), []
     for epoch in range(1, epochs + 1):
-        main.train_epoch(model, loss_fn, optimizer, pixels, args, epoch, device, tuner)
+        train_epoch(epoch)
         counts.append(tuner.epoch_threads())
     sync(device)
     end = time.monotonic()
@@ -318,11 +332,11 @@ def time_to_quality(
     torch._dynamo.reset()  # forget the compiled code of the loops timed before: a run compiles anew
     tuner = ThreadTuner.for_run(args.threads, device, announce=quiet)
     start, epoch, loss = time.perf_counter(), 0, float("inf")
-    loss_fn = main.loss_function(args)
+    train_epoch = epoch_trainer(args, model, optimizer, train, tuner, args.epochs)
     try:
         while time.perf_counter() - start < limit:
             epoch += 1
-            main.train_epoch(model, loss_fn, optimizer, train, args, epoch, device, tuner)
+            train_epoch(epoch)
             loss = likelihood.test_loss(model, test, args)["test_loss"]
             if loss < target:
                 return time.perf_counter() - start, epoch, loss
@@ -363,10 +377,11 @@ def profile(args, device, train, steps: int = 200) -> None:
     model, optimizer = fresh(args, device)
     subset = train[: steps * args.batch_size]
     tuner = ThreadTuner.for_run(args.threads, device, announce=quiet)
-    main.train_epoch(model, main.batch_loss, optimizer, subset, args, 0, device, tuner)
+    train_epoch = epoch_trainer(args, model, optimizer, subset, tuner, 2)
+    train_epoch(0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        main.train_epoch(model, main.batch_loss, optimizer, subset, args, 1, device, tuner)
+        train_epoch(1)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
     torch.set_num_threads(DEFAULT_THREADS)
 
@@ -450,7 +465,7 @@ def condition_rows(args, device, root: Path, train, options, batches: list[int])
 
 
 def run() -> None:
-    settings.flush_denormals()  # as main.py does, before torch starts threads; both loops use it
+    startup.after_imports()  # as main.py does, before torch starts threads; both loops use it
     # `kill` ends the benchmark as Ctrl-C does, through the `finally` that stops its processes
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     parser = argparse.ArgumentParser(
@@ -588,7 +603,7 @@ def measure(args, root: Path, real: bool, options) -> None:
         print(
             f"FLOP bound at batch {default_batch}: {flops / 1e6:.2f} MFLOP per image (forward and "
             f"backward); torch.matmul sustains {matmul[threads] / 1e9:.0f} GFLOP/s at the model's "
-            f"sizes{' in bf16' if args.amp else ''} at {flags.plural(threads, 'thread')}, idle "
+            f"sizes{' in bf16' if args.amp else ''} at {messages.plural(threads, 'thread')}, idle "
             f"({min(r[1] for r in rates) / 1e9:.0f}..{max(r[1] for r in rates) / 1e9:.0f}) "
             f"-> {matmul[threads] / flops:,.0f} img/s; compare the idle row at batch "
             f"{default_batch}",
@@ -663,7 +678,7 @@ def gpu_section(args, root: Path, real: bool, options) -> None:
         reached = f"{seconds:.1f} s" if seconds is not None else "not within 120 s"
         print(
             f"time to quality, cuda, {options.flags or 'the defaults'}: {reached} (test loss "
-            f"{loss:.2f}, target {options.target}, {flags.plural(epochs, 'epoch')})",
+            f"{loss:.2f}, target {options.target}, {messages.plural(epochs, 'epoch')})",
             flush=True,
         )
 

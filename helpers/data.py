@@ -15,8 +15,6 @@ import torch
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
-from helpers.latent import MAP_IMAGES
-
 DATASETS = {
     "mnist": datasets.MNIST,
     "fashion-mnist": datasets.FashionMNIST,
@@ -182,11 +180,12 @@ def to_pixels(
 
 
 class Data(NamedTuple):
-    """The splits as float pixels [N,784] on the device, and the latent map's labels."""
+    """The splits as float pixels [N,784] on the device, and the test split's labels (the latent
+    map's colours)."""
 
     train: torch.Tensor | None
     test: torch.Tensor
-    map_labels: torch.Tensor
+    test_labels: torch.Tensor
 
 
 def load(args: Namespace, device: torch.device, train: bool = True) -> Data:
@@ -196,5 +195,5 @@ def load(args: Namespace, device: torch.device, train: bool = True) -> Data:
     return Data(
         to_pixels(images, device, args.binarize, seed=args.seed) if train else None,
         to_test_pixels(test_images, device, args.binarize),
-        test_labels[:MAP_IMAGES],
+        test_labels,
     )

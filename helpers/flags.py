@@ -5,9 +5,8 @@ Nothing here imports torch, so `--help` and a mistyped flag answer at once.
 
 import argparse
 import math
-import os
-import shutil
-import sys
+
+from helpers.commands import main_command
 
 # The names main.py offers; vae.ACTIVATIONS and data.DATASETS map them to torch's classes.
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu")
@@ -32,26 +31,6 @@ INVOCATION_FLAGS = ("device", "threads", "compile", "amp")
 SCHEDULE_FLAGS = ("lr", "lr_schedule", "lr_floor", "warmup_epochs")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
 OBJECTIVES = ("elbo", "iwae")
-
-
-def python_command() -> str:
-    """How to call this interpreter from here: `python` when that is it, else its path."""
-    if shutil.which("python") == sys.executable:
-        return "python"
-    relative = os.path.relpath(sys.executable)
-    return relative if not relative.startswith("..") else sys.executable
-
-
-def main_command() -> str:
-    """The command that runs main.py from the current folder with this interpreter."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # helpers/..
-    script = os.path.relpath(os.path.join(root, "main.py"))
-    return f"{python_command()} {script}"
-
-
-def plural(n: int, word: str) -> str:
-    """ "1 epoch", "2 epochs": for the messages of main.py, threads.py and the benchmark."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def positive(kind: type, allow_zero: bool = False):

@@ -86,9 +86,10 @@ class LatentMap:
 def latent_map(
     mu: torch.Tensor, labels: torch.Tensor, names: list[str], activity: Activity, epoch: int
 ) -> LatentMap:
-    """The latent map of the means mu [N, d] of N labelled images; its details name the
-    projection."""
+    """The latent map of the means mu [N, d] of the first N images of `labels`; its details name
+    the projection."""
     points, projection, axis_labels = project_2d(mu)
+    labels = labels[: len(points)]
     details = (
         f"{len(points)} test images: {projection}; {activity.count} of {activity.dims} dims active"
     )

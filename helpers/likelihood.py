@@ -64,7 +64,7 @@ def negative_iw_bound(
     model: VAE,
     x: torch.Tensor,
     k: int,
-    likelihood: str = "bernoulli",
+    likelihood: str,
     stl: bool = False,
     eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -90,7 +90,7 @@ def importance_weighted_log_likelihood(
     model: VAE,
     x: torch.Tensor,
     k: int,
-    likelihood: str = "gaussian",
+    likelihood: str,
     chunk: int = 100,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:

@@ -1,15 +1,20 @@
 """The lines a run prints: its first line, one per epoch, the last, and the one a failure ends with.
 
 Every command printed (how to resume, how to start a server) names the interpreter that runs it,
-so that it works as printed (flags.main_command).
+so that it works as printed (commands.main_command).
 """
 
 from argparse import Namespace
 from pathlib import Path
 
-from helpers.flags import main_command, plural
+from helpers.commands import main_command
 from helpers.runfiles import NonFiniteLoss, WriteError
 from vae import GAUSSIAN_LOG_NORMALIZER
+
+
+def plural(n: int, word: str) -> str:
+    """ "1 epoch", "2 epochs": for the messages of main.py, threads.py and the benchmark."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def describe(args: Namespace, n_train: int, n_test: int, device, epoch: int) -> str:
@@ -77,7 +82,7 @@ def density_note(args: Namespace) -> str:
     )
 
 
-def kept(out: Path, epochs: int) -> str:
+def saved_so_far(out: Path, epochs: int) -> str:
     """What the run folder keeps, and how to go on from it."""
     if not epochs:
         return "nothing was saved yet (the first epoch had not finished)"
@@ -100,7 +105,7 @@ def interrupted(args: Namespace, folder) -> str:
             f"in {folder.out} may be missing or from before (the checkpoint is unchanged). "
             f"Write them all with: {main_command()} --generate {args.generate}"
         )
-    return f"interrupted; {kept(folder.out, folder.saved_epochs)}"
+    return f"interrupted; {saved_so_far(folder.out, folder.saved_epochs)}"
 
 
 def failure(error: Exception, args: Namespace, folder) -> str:

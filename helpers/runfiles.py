@@ -1,9 +1,9 @@
-"""A run's folder: the model built or restored from its checkpoint, and each epoch saved into it.
+"""A run's folder, and each epoch saved into it by a writer thread while the next one trains.
 
 <out>/checkpoint.pt   model, Adam, epoch, flags, RNG states, metrics so far (atomic)
 <out>/metrics.jsonl   a line per epoch, and one per log-likelihood estimate
 <out>/args.json       the run's flags
-<out>/*.png           the last epoch's pictures (viewer.py)
+<out>/*.png           the last epoch's pictures (pictures.py)
 """
 
 import datetime
@@ -16,15 +16,8 @@ from pathlib import Path
 import torch
 
 from helpers import flags
-from helpers.checkpoint import (
-    CheckpointError,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_metrics,
-)
+from helpers.checkpoint import rng_state, save_checkpoint, write_metrics
 from helpers.ctrl_c import ctrl_c_held
-from helpers.schedules import set_lr
 from vae import VAE
 
 # Keys of metrics.jsonl that depend on the machine and its load, not on the seed.
@@ -45,8 +38,9 @@ class WriteError(Exception):
     """A file of the run folder could not be written (a full disk, say); the message says which."""
 
 
-def writing(function: Callable, *args):
-    """function(*args), an OSError it raises (a full disk, say) raised as a WriteError."""
+def disk_write(function: Callable, *args):
+    """function(*args), a write to disk: an OSError it raises (a full disk, say) becomes a
+    WriteError that names the file."""
     try:
         return function(*args)
     except OSError as error:
@@ -66,88 +60,74 @@ def on_cpu(state):
 
 
 class Writer:
-    """Runs one job at a time on a thread of its own: submit() waits for the job before, so the
-    writes stay in order and at most one is in flight. A job's exception is raised in the main
-    thread, by the next submit() or wait()."""
+    """Runs jobs on threads of their own, one after the other in the order submitted, while the
+    main thread goes on; submit() waits only while `depth` jobs are already waiting or running.
+    A job's exception is raised in the main thread by the next submit() or wait(); the jobs after
+    a failed one are dropped."""
 
-    def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
+        self.threads: list[threading.Thread] = []  # the jobs not yet joined, oldest first
+        self.error: BaseException | None = None  # a job's, until raised in the main thread
+        self.failed = False  # a job failed: the jobs after it are dropped
 
     def submit(self, job: Callable[[], None]) -> None:
-        self.wait()
-        self.thread = threading.Thread(target=self.run, args=(job,), name="run-folder writer")
-        self.thread.start()
+        while len(self.threads) >= self.depth:
+            self._join_oldest()
+        self._raise_error()
+        before = self.threads[-1] if self.threads else None
+        thread = threading.Thread(target=self.run, args=(job, before), name="run-folder writer")
+        self.threads.append(thread)
+        thread.start()
 
-    def run(self, job: Callable[[], None]) -> None:
+    def run(self, job: Callable[[], None], before: threading.Thread | None) -> None:
+        if before is not None:
+            before.join()
+        if self.failed:
+            return
         try:
             job()
         except BaseException as error:  # raised again in the main thread
-            self.error = error
+            self.error, self.failed = error, True
 
     def busy(self) -> bool:
         """Whether a job is running now."""
-        return self.thread is not None and self.thread.is_alive()
+        return any(thread.is_alive() for thread in self.threads)
 
     def wait(self) -> None:
-        """Wait for the job in flight, with Ctrl-C held off meanwhile; raise its error, if any."""
-        thread, self.thread = self.thread, None
-        if thread is not None:
-            with ctrl_c_held():  # a Ctrl-C meanwhile is raised after the join; the error stays
-                thread.join()
+        """Wait for every job submitted, with Ctrl-C held off meanwhile; raise an error, if any."""
+        while self.threads:
+            self._join_oldest()
+        self._raise_error()
+
+    def _join_oldest(self) -> None:
+        thread = self.threads.pop(0)  # forgotten first: a Ctrl-C during the join leaves none
+        with ctrl_c_held():  # a Ctrl-C meanwhile is raised after the join; the error stays
+            thread.join()
+
+    def _raise_error(self) -> None:
         error, self.error = self.error, None
         if error is not None:
             raise error
 
 
-def build_model(args: Namespace, device: torch.device) -> VAE:
-    sizes = (784, tuple(args.hidden), args.latent_dim)
-    return VAE(*sizes, args.activation, args.decoder_activation).to(device)
-
-
-def build_optimizer(model: VAE, args: Namespace) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps, fused=True)
-
-
-def restore(
-    model: VAE, optimizer: torch.optim.Adam | None, checkpoint: dict, args: Namespace
-) -> None:
-    """Load the checkpoint's weights (and optimizer state), or a CheckpointError saying why not."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            set_lr(optimizer, args.lr)
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(
-            f"the checkpoint does not fit this model ({str(error).splitlines()[0]}): "
-            "start a new run or give the flags it was made with"
-        ) from None
-
-
-def trained_model(args: Namespace, checkpoint: dict, device: torch.device) -> VAE:
-    """The checkpoint's model built from `args` and loaded (no optimizer), in eval mode."""
-    model = build_model(args, device)
-    restore(model, None, checkpoint, args)
-    return model.eval()
-
-
 class RunFolder:
-    """The folder of one run and what it holds: `history`, a row per saved epoch, and the span of
-    the lr schedule (schedules.py)."""
+    """The folder of one run and what it holds: `history`, a row of metrics per saved epoch, and
+    `lr_span`, the epochs the lr schedule runs over (schedules.py)."""
 
-    def __init__(self, out: Path, created: bool) -> None:
+    def __init__(self, out: Path, created: bool, epochs: int) -> None:
         self.out, self.created = out, created
         self.history: list[dict] = []  # a row per epoch trained, written or being written
         self.saved_epochs = 0  # the epoch checkpoint.pt holds, once written
-        self.span: dict = {}
+        self.lr_span = {"start": 0, "end": epochs}
         self.writer = Writer()
         self.metrics = out / "metrics.jsonl"
 
     @classmethod
-    def prepare(cls, args: Namespace, source: str | None) -> "RunFolder":
-        """Pick --out (default: a new runs/<timestamp>, or the checkpoint's folder) and
-        test-write it; a bad one fails as a bad flag does."""
+    def prepare(cls, args: Namespace) -> "RunFolder":
+        """Pick --out (default: a new runs/<timestamp>, or the folder of the checkpoint the mode
+        flag names) and test-write it; a bad one fails as a bad flag does."""
+        source = args.resume or args.evaluate or args.generate
         if args.out is None:
             args.out = (
                 str(Path(source).parent)
@@ -167,69 +147,50 @@ class RunFolder:
             (out / ".write-test").unlink()
         except OSError as error:
             flags.fail(f"--out {out} cannot be written ({error.strerror}): choose another folder")
-        return cls(out, created)
+        return cls(out, created, args.epochs)
 
-    def start(
-        self,
-        args: Namespace,
-        checkpoint: dict | None,
-        model: VAE,
-        optimizer: torch.optim.Adam,
-        device: torch.device,
-    ) -> None:
-        """Continue the checkpoint (weights, Adam, RNG, metrics.jsonl cut back to its epoch), or
-        start anew; write args.json."""
-        if checkpoint:
-            restore(model, optimizer, checkpoint, args)
-            set_rng_state(checkpoint["rng"], device)
-            writing(write_metrics, self.metrics, checkpoint["history"], checkpoint["epoch"])
-            self.history, self.span = checkpoint["history"], checkpoint["lr_schedule"]
-            self.saved_epochs = checkpoint["epoch"]
-        else:
-            self.span = {"start": 0, "end": args.epochs}
-        text = json.dumps(vars(args), indent=2) + "\n"
-        writing(Path.write_text, self.out / "args.json", text)
+    def continue_from(self, checkpoint: dict) -> None:
+        """Take over the checkpoint's epochs: its history and lr span; metrics.jsonl cut back to
+        its epoch (a line written after it is of an epoch the resumed run trains again)."""
+        disk_write(write_metrics, self.metrics, checkpoint["history"], checkpoint["epoch"])
+        self.history, self.lr_span = checkpoint["history"], checkpoint["lr_schedule"]
+        self.saved_epochs = checkpoint["epoch"]
+
+    def write_args(self, args: Namespace) -> None:
+        """<out>/args.json: the run's flags."""
+        disk_write(Path.write_text, self.out / "args.json", json.dumps(vars(args), indent=2) + "\n")
 
     def save_epoch(
-        self,
-        model: VAE,
-        optimizer: torch.optim.Adam,
-        args: Namespace,
-        row: dict,
-        device: torch.device,
-        then: Callable[[list[dict]], None] | None = None,
+        self, model: VAE, optimizer: torch.optim.Adam, args: Namespace, metrics: dict, device
     ) -> None:
-        """Add the epoch to the history; write its checkpoint and metrics line (both, or neither),
-        then call then(history) (the pictures), on the writer's thread while the next epoch
-        trains.
+        """Add the epoch's metrics to the history; write its checkpoint and metrics line (both, or
+        neither) on the writer's thread while the next epoch trains.
 
-        What is written is a copy taken now, on the CPU; the write before it finishes first, and
-        its error, if any, is raised here (a WriteError).
+        What is written is a copy taken now, on the CPU; an error of an earlier write is raised
+        here (a WriteError).
         """
         weights = list(model.parameters())
         if not torch.stack([torch.isfinite(w).all() for w in weights]).all():  # one host sync
-            raise NonFiniteLoss(f"the weights became non-finite in epoch {row['epoch']}")
-        self.history.append(row)
+            raise NonFiniteLoss(f"the weights became non-finite in epoch {metrics['epoch']}")
+        self.history.append(metrics)
         state = {
             "model": on_cpu(model.state_dict()),
             "optimizer": on_cpu(optimizer.state_dict()),
-            "epoch": row["epoch"],
+            "epoch": metrics["epoch"],
             "args": dict(vars(args)),
             "rng": rng_state(device),
             "history": list(self.history),
-            "lr_schedule": dict(self.span),
+            "lr_schedule": dict(self.lr_span),
         }
 
         def write() -> None:
-            writing(save_checkpoint, self.out / "checkpoint.pt", state, self.metrics, row)
-            self.saved_epochs = row["epoch"]
-            if then is not None:
-                writing(then, state["history"])
+            disk_write(save_checkpoint, self.out / "checkpoint.pt", state, self.metrics, metrics)
+            self.saved_epochs = metrics["epoch"]
 
         self.writer.submit(write)
 
     def finish(self) -> None:
-        """Wait for the write in flight (holding Ctrl-C off meanwhile); raise its error."""
+        """Wait for the writes in flight (Ctrl-C held off meanwhile); raise an error of theirs."""
         self.writer.wait()
 
     def remove_if_empty(self) -> None:

@@ -15,16 +15,6 @@ import torch
 from helpers import flags
 from helpers.checkpoint import CheckpointError, load_checkpoint
 from helpers.data import raw_folder
-from helpers.runfiles import RunFolder
-
-
-def flush_denormals() -> None:
-    """Treat floats below 1.2e-38 as zero on the CPU, which computes on them slowly.
-
-    Adam's second moments for the pixels the decoder switches off sink into that range. Call this
-    before torch's first parallel work: its worker threads copy the setting when they start.
-    """
-    torch.set_flush_denormal(True)
 
 
 def merge_checkpoint(args: Namespace, argv: list[str], checkpoint: dict) -> None:
@@ -62,9 +52,9 @@ def data_folder_here(folder: str, dataset: str) -> str:
     return default
 
 
-def resolve(argv: list[str]) -> tuple[Namespace, dict | None, RunFolder]:
-    """(flags, the checkpoint they name or None, the run folder); exit 2 on a bad flag, before
-    any data is read."""
+def resolve(argv: list[str]) -> tuple[Namespace, dict | None]:
+    """(flags, the checkpoint they name or None); exit 2 on a bad flag, before any data is
+    read."""
     args = flags.parse(argv)
     source = args.resume or args.evaluate or args.generate
     checkpoint = None
@@ -84,7 +74,7 @@ def resolve(argv: list[str]) -> tuple[Namespace, dict | None, RunFolder]:
                 f"--device {kind}: torch finds no {kind.upper()} device here; "
                 "use --device auto or cpu"
             )
-    return args, checkpoint, RunFolder.prepare(args, source)
+    return args, checkpoint
 
 
 def pick_device(name: str) -> torch.device:

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from tqdm import tqdm
 
-from helpers.flags import plural
+from helpers.messages import plural
 
 
 class Change(NamedTuple):
@@ -200,7 +201,7 @@ class ThreadTuner:
         cls,
         requested: int | None,
         device: torch.device,
-        announce: Callable[[str], None] = print,
+        announce: Callable[[str], None] = tqdm.write,
         paused: Callable[[], bool] = lambda: False,
     ) -> "ThreadTuner":
         """`requested` threads (--threads) fixed, or on the CPU the policy from torch's count."""

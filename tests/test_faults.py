@@ -349,9 +349,9 @@ def test_ctrl_c_waits_for_the_write_in_flight(data_dir, tmp_path, capsys, monkey
     # Epoch 1's write holds until the run has reported its Ctrl-C (or 5 s have passed): a run
     # that did not wait for it would report that nothing was saved.
     out, reported = tmp_path / "run", threading.Event()
-    real_save, real_kept, real_train_epoch = (
+    real_save, real_saved, real_train_epoch = (
         runfiles.save_checkpoint,
-        messages.kept,
+        messages.saved_so_far,
         main.train_epoch,
     )
 
@@ -359,17 +359,17 @@ def test_ctrl_c_waits_for_the_write_in_flight(data_dir, tmp_path, capsys, monkey
         reported.wait(5)
         real_save(*args)
 
-    def kept(*args) -> str:
+    def saved_so_far(*args) -> str:
         reported.set()
-        return real_kept(*args)
+        return real_saved(*args)
 
     def train_epoch(*args, **kwargs):
-        if args[5] == 2:  # epoch 2 starts while epoch 1 is being written: Ctrl-C
+        if args[3].epoch == 2:  # epoch 2 starts while epoch 1 is being written: Ctrl-C
             raise KeyboardInterrupt
         return real_train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(runfiles, "save_checkpoint", slow_save)
-    monkeypatch.setattr(messages, "kept", kept)
+    monkeypatch.setattr(messages, "saved_so_far", saved_so_far)
     monkeypatch.setattr(main, "train_epoch", train_epoch)
     run = [*QUICK, "--epochs", "3", "--data-dir", str(data_dir), "--out", str(out)]
     assert main.main(run) == 130

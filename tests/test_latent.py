@@ -29,7 +29,8 @@ from helpers.latent import (
     latent_means,
     project_2d,
 )
-from helpers.viewer import Viewer, traversal
+from helpers.pictures import traversal
+from helpers.visdom_page import Viewer
 from vae import VAE
 
 DEAD = [1, 3, 4]  # latent dimensions whose μ the encoder below never changes

@@ -15,7 +15,8 @@ import torch
 import main
 import vae
 from conftest import DEVICES, QUICK, ROOT, interrupt, metrics, run_main, wait_for, write_mnist
-from helpers import data, flags, likelihood, modes, runfiles, schedules, settings
+from helpers import data, flags, likelihood, models, no_training, research, runfiles, settings
+from helpers.batches import EpochBatches
 from helpers.threads import ThreadTuner
 
 TIMINGS = set(runfiles.TIMING_KEYS)
@@ -159,7 +160,7 @@ def test_ctrl_c_in_evaluate_or_generate_says_what_it_stopped(
     before = metrics(out)
     ctrl_c = lambda *args, **kwargs: signal.raise_signal(signal.SIGINT)  # noqa: E731
     monkeypatch.setattr(likelihood, "mean_log_likelihood", ctrl_c)
-    monkeypatch.setattr(modes, "save_pngs", ctrl_c)
+    monkeypatch.setattr(no_training, "save_pngs", ctrl_c)
     assert main.main([mode, str(checkpoint)]) == 130
     printed = capsys.readouterr().out
     assert "epoch" not in printed.split("interrupted")[1]
@@ -373,16 +374,17 @@ def test_binarization_is_repeatable_for_static_and_fresh_for_dynamic(device):
     assert torch.equal(grey.cpu(), images.reshape(50, -1) / 255)
     # dynamic: train_epoch draws fresh binary pixels from the grey ones at every use
     args = flags.parse(["--binarize", "dynamic", "--batch-size", "50"])
-    model = runfiles.build_model(args, device)
+    model = models.build_model(args, device)
     seen = []
 
-    def record(model, x, args):
+    def record(model, x):
         seen.append(x)
-        return main.batch_loss(model, x, args)
+        return main.loss_function(model, x, args)
 
     for epoch in range(200):
-        optimizer = runfiles.build_optimizer(model, args)
-        main.train_epoch(model, record, optimizer, grey, args, epoch, device, ThreadTuner(None))
+        optimizer = models.build_optimizer(model, args)
+        batches = EpochBatches(grey, args.batch_size, args.binarize, epoch, ThreadTuner(None))
+        main.train_epoch(model, optimizer, record, batches)
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
     assert not torch.equal(seen[0].sum(0), seen[1].sum(0))  # each epoch draws anew
     # the mean of binarized pixels follows the intensities (the order is shuffled: compare sums)
@@ -420,7 +422,7 @@ HOST_SYNCS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist",
 
 
 class StepCounter(ThreadTuner):
-    """A thread tuner that only counts steps: train_epoch calls step() after each."""
+    """A thread tuner that only counts steps: EpochBatches calls step() after each."""
 
     def __init__(self) -> None:
         super().__init__(None)
@@ -441,15 +443,16 @@ class StepCounter(ThreadTuner):
     ],
 )
 def test_a_training_step_reads_nothing_back_from_the_device(device, options, monkeypatch):
-    """train_epoch's host syncs (every call of a Tensor method in HOST_SYNCS) come only at its
+    """A training epoch's host syncs (every call of a Tensor method in HOST_SYNCS) come only at its
     reporting steps, every 50 steps and the last: none in the other steps. (It sees the reads
     made through those methods, from Python; not a sync inside one of torch's own kernels.)"""
     device = torch.device(device)
     args = flags.parse([*options, "--batch-size", "4"])
     pixels = torch.rand(4 * 129 + 2, 784, device=device)  # 130 steps, the last of 2 images
-    model = runfiles.build_model(args, device)
-    optimizer = runfiles.build_optimizer(model, args)
-    lr_at = schedules.lr_function(args, {"start": 0, "end": args.epochs})
+    model = models.build_model(args, device)
+    optimizer = models.build_optimizer(model, args)
+    research.adjust_adam_steps(optimizer, args, {"start": 0, "end": args.epochs}, len(pixels), 0)
+    loss_fn = research.training_loss(args, main.loss_function)
     steps, syncs = StepCounter(), []
 
     def counted(name: str):
@@ -463,9 +466,8 @@ def test_a_training_step_reads_nothing_back_from_the_device(device, options, mon
 
     for name in HOST_SYNCS:
         monkeypatch.setattr(torch.Tensor, name, counted(name))
-    loss = main.train_epoch(
-        model, main.batch_loss, optimizer, pixels, args, 1, device, steps, lr_at
-    )
+    batches = EpochBatches(pixels, args.batch_size, args.binarize, 1, steps)
+    loss = main.train_epoch(model, optimizer, loss_fn, batches)
     monkeypatch.undo()
     assert steps.done == 130 and math.isfinite(loss)
     assert set(syncs) == {50, 100, 130}
@@ -475,8 +477,8 @@ def test_a_training_step_reads_nothing_back_from_the_device(device, options, mon
 def test_denormals_are_flushed_on_every_worker_thread(flush):
     # Run in a fresh process: worker threads take the setting only when torch starts them.
     script = (
-        "import torch\nfrom helpers import settings\n"
-        f"{'settings.flush_denormals()' if flush else ''}\ntorch.set_num_threads(2)\n"
+        "import torch\nfrom helpers import startup\n"
+        f"{'startup.after_imports()' if flush else ''}\ntorch.set_num_threads(2)\n"
         "tiny = torch.full((1 << 20,), 1e-39) * 1.0  # big enough to be split between the threads\n"
         "print(torch.get_num_threads(), int((tiny != 0).sum()))"
     )
@@ -491,9 +493,9 @@ def test_denormals_are_flushed_on_every_worker_thread(flush):
 
 
 def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
-    """--compile compiles main.batch_loss, the loss with the model: the same loss and gradients as
-    eager, for each setting it reads (a stale guard would reuse the first beta). --amp changes the
-    arithmetic a little, compiled or not."""
+    """--compile compiles the training loss (main.loss_function with the model): the same loss
+    and gradients as eager, for each setting it reads (a stale guard would reuse the first beta).
+    --amp changes the arithmetic a little, compiled or not."""
     from torch._inductor import config as inductor_config
 
     from vae import VAE
@@ -501,23 +503,24 @@ def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
     torch.manual_seed(0)
     model = VAE()
     x = torch.rand(32, 784)
-    args = flags.parse(["--compile"])
-    compiled = main.loss_function(args)  # main.py's own way to the compiled loss
+    args, eager_args = flags.parse(["--compile"]), flags.parse([])
+    compiled = research.training_loss(args, main.loss_function)  # main.py's own way to it
+    eager_loss = research.training_loss(eager_args, main.loss_function)
 
     def loss_and_grads(loss_fn):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same ε for every call
-        loss = loss_fn(model, x, args)
+        loss = loss_fn(model, x)
         loss.backward()
         return [loss.detach(), *(p.grad for p in model.parameters())]
 
     with inductor_config.patch(fallback_random=True):  # the compiled graph draws ε as eager does
         for beta in (1.0, 0.5):
-            args.beta = beta
-            eager = loss_and_grads(main.batch_loss)
+            args.beta = eager_args.beta = beta
+            eager = loss_and_grads(eager_loss)
             torch.testing.assert_close(loss_and_grads(compiled), eager, rtol=1e-4, atol=1e-6)
-        args.amp = True
-        amp = loss_and_grads(main.batch_loss)
+        args.amp = eager_args.amp = True
+        amp = loss_and_grads(eager_loss)
         for got, want in zip(loss_and_grads(compiled), amp):  # bf16 roundings differ elementwise
             assert torch.linalg.norm(got - want) < 0.05 * torch.linalg.norm(want)
     assert 0 < abs(amp[0] - eager[0]) < 0.02 * eager[0]

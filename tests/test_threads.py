@@ -9,7 +9,7 @@ import torch
 
 import main
 from conftest import QUICK, ROOT, metrics
-from helpers import flags
+from helpers import flags, messages
 from helpers.threads import ThreadPolicy, ThreadTuner
 
 WINDOW = 0.05  # seconds of steps in a window, as ThreadTuner measures them
@@ -223,7 +223,7 @@ def test_denormals_stay_flushed_after_the_thread_count_changes(start):
     # In a fresh process: torch's worker threads copy the setting when they start. Starting at 1
     # thread and raising the count starts the second thread after the flush was set.
     script = (
-        "import torch\nfrom helpers import settings\nsettings.flush_denormals()\n"
+        "import torch\nfrom helpers import startup\nstartup.after_imports()\n"
         "def kept():\n"
         "    return int((torch.full((1 << 20,), 1e-39) * 1.0 != 0).sum())\n"
         f"counts = [{start}, 3 - {start}, {start}, 3 - {start}, 2]\n"
@@ -270,7 +270,7 @@ def test_the_benchmark_quick_setting_prints_every_row(tmp_path):
     for threads in counts:
         bound = [line for line in lines if line.startswith("FLOP bound")]
         assert (
-            sum(f" at {flags.plural(threads, 'thread')}, idle " in line for line in bound) == 1
+            sum(f" at {messages.plural(threads, 'thread')}, idle " in line for line in bound) == 1
         ), bound
     assert any(line.startswith("one core's share") for line in lines) == (len(counts) > 1)
 

@@ -12,7 +12,8 @@ import torch
 
 import main
 from conftest import QUICK, ROOT, metrics, visdom_flags
-from helpers import flags, runfiles, schedules
+from helpers import flags, models, research, schedules
+from helpers.batches import EpochBatches
 from helpers.likelihood import _log_normal, importance_weighted_log_likelihood, negative_iw_bound
 from helpers.threads import ThreadTuner
 from test_main import without_timings
@@ -81,16 +82,16 @@ def test_batch_loss_follows_the_objective_flags():
 
     def loss(*argv: str) -> float:
         args = flags.parse(["--likelihood", "bernoulli", *argv])
-        return seeded(lambda: main.batch_loss(model, x, args))
+        return seeded(lambda: research.training_loss(args, main.loss_function)(model, x))
 
     def elbo():
         logits, mu, logvar = model(x)
         return negative_elbo(logits, x, mu, logvar, likelihood="bernoulli")[0]
 
     assert loss() == seeded(elbo)
-    iwae = seeded(lambda: negative_iw_bound(model, x, 7))
+    iwae = seeded(lambda: negative_iw_bound(model, x, 7, "bernoulli"))
     assert loss("--objective", "iwae", "--train-k", "7") == iwae
-    assert loss("--stl") == seeded(lambda: negative_iw_bound(model, x, 1))
+    assert loss("--stl") == seeded(lambda: negative_iw_bound(model, x, 1, "bernoulli"))
 
 
 def lr_per_epoch(argv: list[str], epochs: int, start: int = 0) -> list[float]:
@@ -129,29 +130,19 @@ def test_clipping_bounds_the_gradient_norm_of_every_step():
 
     def step_norms(*argv: str) -> list[float]:
         args = flags.parse(["--likelihood", "bernoulli", "--batch-size", "32", *argv])
-        model = runfiles.build_model(args, torch.device("cpu"))
-        optimizer = runfiles.build_optimizer(model, args)
-        norms, step = [], optimizer.step
+        model = models.build_model(args, torch.device("cpu"))
+        optimizer = models.build_optimizer(model, args)
+        norms = []
 
-        def recording_step(*a, **kw):
-            norms.append(
-                torch.linalg.vector_norm(
-                    torch.stack([p.grad.norm() for p in model.parameters()])
-                ).item()
-            )
-            return step(*a, **kw)
+        def record_norm(*_) -> None:
+            gradients = torch.stack([p.grad.norm() for p in model.parameters()])
+            norms.append(torch.linalg.vector_norm(gradients).item())
 
-        optimizer.step = recording_step
-        main.train_epoch(
-            model,
-            main.batch_loss,
-            optimizer,
-            pixels,
-            args,
-            1,
-            torch.device("cpu"),
-            ThreadTuner(None),
-        )
+        research.adjust_adam_steps(optimizer, args, {"start": 0, "end": 1}, len(pixels), 0)
+        optimizer.register_step_pre_hook(record_norm)  # after the clipping hook, if any
+        loss_fn = research.training_loss(args, main.loss_function)
+        batches = EpochBatches(pixels, args.batch_size, args.binarize, 1, ThreadTuner(None))
+        main.train_epoch(model, optimizer, loss_fn, batches)
         return norms
 
     assert max(step_norms()) > 10
@@ -160,8 +151,8 @@ def test_clipping_bounds_the_gradient_norm_of_every_step():
 
 def test_adam_eps_and_decoder_activation_reach_the_optimizer_and_model():
     args = flags.parse(["--adam-eps", "1e-4", "--decoder-activation", "leaky_relu"])
-    model = runfiles.build_model(args, torch.device("cpu"))
-    assert runfiles.build_optimizer(model, args).param_groups[0]["eps"] == 1e-4
+    model = models.build_model(args, torch.device("cpu"))
+    assert models.build_optimizer(model, args).param_groups[0]["eps"] == 1e-4
     assert isinstance(model.encoder[1], torch.nn.ReLU)
     assert isinstance(model.decoder[1], torch.nn.LeakyReLU)
     plain = VAE().state_dict()  # the checkpoint format does not change

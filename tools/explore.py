@@ -23,9 +23,9 @@ from helpers.ctrl_c import ctrl_c_remembered, raise_if_ctrl_c
 from helpers.data import DataError, load_images, to_test_pixels
 from helpers.flags import port
 from helpers.latent import MAP_IMAGES, active_units, latent_means
-from helpers.runfiles import trained_model
+from helpers.models import trained_model
 from helpers.settings import data_folder_here
-from helpers.viewer import START_SERVER, visdom_client
+from helpers.visdom_page import START_SERVER, visdom_client
 from vae import VAE
 
 VALUES_WINDOW, IMAGE_WINDOW = "explorer_values", "explorer_image"

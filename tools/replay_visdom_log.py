@@ -11,7 +11,7 @@ from pathlib import Path
 from visdom import Visdom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers.flags import python_command
+from helpers.commands import python_command
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""The two modes that use a checkpoint without training: --evaluate and --generate."""
+"""The modes that use a checkpoint without training: --evaluate and --generate (main.py trains)."""
 
 from argparse import Namespace
 
@@ -7,8 +7,9 @@ import torch
 from helpers import data, likelihood
 from helpers.checkpoint import append_metrics
 from helpers.latent import MAP_IMAGES, active_units, latent_means
-from helpers.runfiles import RunFolder, trained_model, writing
-from helpers.viewer import fixed_inputs, pictures, save_pngs
+from helpers.models import trained_model
+from helpers.pictures import fixed_inputs, pictures, save_pngs
+from helpers.runfiles import RunFolder, disk_write
 
 
 def evaluate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch.device) -> int:
@@ -21,7 +22,7 @@ def evaluate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch
         f"+ KL {elbo['test_kl']:.2f})"
     )
     row = likelihood.log_likelihood(model, test, args, args.eval_k or 5000, checkpoint["epoch"])
-    writing(append_metrics, folder.metrics, {**row, **elbo})
+    disk_write(append_metrics, folder.metrics, {**row, **elbo})
     return 0
 
 
@@ -32,8 +33,8 @@ def generate(args: Namespace, checkpoint: dict, folder: RunFolder, device: torch
     means = latent_means(model, splits.test[:MAP_IMAGES])
     inputs, names = fixed_inputs(args, splits.test, device), data.class_names(args.dataset)
     shown, latent = pictures(
-        model, inputs, splits.map_labels, names, checkpoint["epoch"], means, active_units(means)
+        model, inputs, splits.test_labels, names, checkpoint["epoch"], means, active_units(means)
     )
-    written = writing(save_pngs, folder.out, shown, latent)
+    written = disk_write(save_pngs, folder.out, shown, latent)
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0
