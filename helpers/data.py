@@ -123,7 +123,8 @@ def check_split(dataset: str, root: str | Path, train: bool) -> None:
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    """`array` as an IDX file of unsigned bytes: magic (0, 0, 8, ndim), big-endian sizes, data."""
+    """`array` as an IDX file of unsigned bytes: magic (0, 0, 8, ndim), big-endian sizes, data.
+    The inverse of what load() reads: the tests and the benchmark write small datasets with it."""
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 

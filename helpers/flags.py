@@ -8,7 +8,8 @@ import math
 
 from helpers.commands import main_command
 
-# The names main.py offers; vae.ACTIVATIONS and data.DATASETS map them to torch's classes.
+# The names main.py offers, here without torch so that --help answers before it loads;
+# vae.ACTIVATIONS and data.DATASETS map them to torch's classes (a test checks that they agree).
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu")
 LIKELIHOODS = ("gaussian", "bernoulli")
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
@@ -86,169 +87,21 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     p = Parser(prog="main.py", description="Train a VAE on MNIST and watch it in Visdom.")
-    train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=positive(int), default=20, help="total epochs to train")
-    train.add_argument("--batch-size", type=positive(int), default=100, help="images per step")
-    train.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate")
-    train.add_argument(
+
+    tutorial = p.add_argument_group("training: the tutorial's settings")
+    tutorial.add_argument("--epochs", type=positive(int), default=20, help="total epochs to train")
+    tutorial.add_argument("--batch-size", type=positive(int), default=100, help="images per step")
+    tutorial.add_argument("--lr", type=positive(float), default=2e-3, help="Adam learning rate")
+    tutorial.add_argument(
         "--beta", type=positive(float, allow_zero=True), default=1.0, help="weight of the KL term"
     )
-    train.add_argument("--seed", type=int, default=0, help="seed for everything random")
-    train.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        default="constant",
-        help="lr at each step: constant; cosine or exponential from --lr down to "
-        "--lr·--lr-floor at the last epoch; burda: --lr·10^(-i/7) for 3^i epochs, "
-        "i = 0..7 (Burda et al. 2015). --resume keeps the schedule; giving one of "
-        "--lr, --lr-schedule, --lr-floor, --warmup-epochs starts a new one there",
-    )
-    train.add_argument(
-        "--lr-floor",
-        type=fraction,
-        default=0.01,
-        help="the decayed lr at the end, as a fraction of --lr",
-    )
-    train.add_argument(
-        "--warmup-epochs",
-        type=positive(float, allow_zero=True),
-        default=0.0,
-        help="lr rises linearly from 0 over these (fractional) epochs first; 0: none",
-    )
-    train.add_argument(
-        "--adam-eps",
-        type=positive(float),
-        default=1e-8,
-        help="Adam's epsilon (1e-4 steadies long runs)",
-    )
-    train.add_argument(
-        "--clip-grad",
-        type=positive(float),
-        metavar="NORM",
-        help="clip the gradient's total norm to NORM (default: no clipping)",
-    )
-    train.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default="elbo",
-        help="elbo: reconstruction + analytic KL; iwae: the importance-weighted "
-        "bound with --train-k samples (Burda et al. 2015), costlier per step",
-    )
-    train.add_argument(
-        "--train-k",
-        type=positive(int),
-        default=5,
-        help="importance samples per image for --objective iwae",
-    )
-    train.add_argument(
-        "--stl",
-        action="store_true",
-        help="sticking the landing (Roeder et al. 2017): the encoder's gradient "
-        "without log q's score term; the ELBO then uses a one-sample KL",
-    )
-
-    model = p.add_argument_group("model and data (a checkpoint keeps these)")
-    model.add_argument("--latent-dim", type=positive(int), default=10, help="latent dimensions")
-    model.add_argument(
-        "--hidden",
-        type=hidden_sizes,
-        default=[256, 64],
-        help="encoder widths; the decoder mirrors them (default: 256,64)",
-    )
-    model.add_argument(
-        "--activation", choices=ACTIVATIONS, default="relu", help="hidden activation"
-    )
-    model.add_argument(
-        "--decoder-activation",
-        choices=ACTIVATIONS,
-        help="the decoder's hidden activation (default: --activation's)",
-    )
-    model.add_argument(
-        "--likelihood",
-        choices=LIKELIHOODS,
-        default="gaussian",
-        help="gaussian: squared error + KL (the design); bernoulli: cross-entropy from logits",
-    )
-    model.add_argument(
-        "--binarize",
-        choices=("none", "dynamic", "static"),
-        default="none",
-        help="pixels ~ Bernoulli(intensity) at each use (dynamic) or once (static); "
-        "the test set once, with a fixed seed (static draws: on the CPU, the same on any device)",
-    )
-    model.add_argument("--dataset", choices=DATASETS, default="mnist", help="torchvision dataset")
-    model.add_argument(
+    tutorial.add_argument("--latent-dim", type=positive(int), default=10, help="latent dimensions")
+    tutorial.add_argument("--seed", type=int, default=0, help="seed for everything random")
+    tutorial.add_argument(
         "--data-dir",
         default="./data",
         help="folder holding <Dataset>/raw/; with a checkpoint, its folder if that holds the "
         "dataset here, else this default",
-    )
-
-    run = p.add_argument_group("run: a new one, or one of the three modes on a checkpoint")
-    run.add_argument(
-        "--out",
-        help="run folder for checkpoint, metrics and PNGs "
-        "(default: runs/<timestamp>, or the checkpoint's folder)",
-    )
-    mode = run.add_mutually_exclusive_group()
-    mode.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
-    mode.add_argument(
-        "--evaluate",
-        metavar="CHECKPOINT",
-        help="no training: test loss and log-likelihood (k from --eval-k: 5000)",
-    )
-    mode.add_argument(
-        "--generate",
-        metavar="CHECKPOINT",
-        help="no training: write the samples and latent views as PNGs",
-    )
-    run.add_argument(
-        "--eval-k",
-        type=positive(int),
-        help="importance samples for a log-likelihood estimate after training",
-    )
-    run.add_argument("--num-images", type=positive(int), default=64, help="images in each grid")
-    run.add_argument(
-        "--watch-every",
-        type=positive(int, allow_zero=True),
-        default=0,
-        metavar="N",
-        help="every N epochs, estimate −log p(x) on a fixed test subset "
-        "into metrics.jsonl (watch_nll) and the Visdom loss pane; "
-        "0: never",
-    )
-    run.add_argument(
-        "--watch-k", type=positive(int), default=100, help="importance samples for that estimate"
-    )
-    run.add_argument(
-        "--watch-images",
-        type=positive(int),
-        default=1000,
-        help="the first this many test images make its subset",
-    )
-
-    speed = p.add_argument_group("device and speed (set by each invocation, never by a checkpoint)")
-    speed.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda", "mps"),
-        default="auto",
-        help="auto: CUDA, then MPS, then CPU",
-    )
-    speed.add_argument(
-        "--threads",
-        type=positive(int),
-        help="CPU threads for torch (default: chosen while training by measuring "
-        "steps: see docs/speed.md)",
-    )
-    speed.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model with its loss: seconds to compile, faster steps",
-    )
-    speed.add_argument(
-        "--amp",
-        action="store_true",
-        help="bf16 autocast for the forward pass (CUDA, or a CPU with bf16 units)",
     )
 
     visdom = p.add_argument_group("Visdom")
@@ -280,10 +133,163 @@ def build_parser() -> Parser:
         metavar="FILE",
         help="also write every Visdom message to FILE, to replay later",
     )
+
+    run = p.add_argument_group("run: a new one, or one of the three modes on a checkpoint")
+    run.add_argument(
+        "--out",
+        help="run folder for checkpoint, metrics and PNGs "
+        "(default: runs/<timestamp>, or the checkpoint's folder)",
+    )
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
+    mode.add_argument(
+        "--evaluate",
+        metavar="CHECKPOINT",
+        help="no training: test loss and log-likelihood (k from --eval-k: 5000)",
+    )
+    mode.add_argument(
+        "--generate",
+        metavar="CHECKPOINT",
+        help="no training: write the samples and latent views as PNGs",
+    )
+    run.add_argument("--num-images", type=positive(int), default=64, help="images in each grid")
+
+    model = p.add_argument_group("model and data")
+    model.add_argument(
+        "--hidden",
+        type=hidden_sizes,
+        default=[256, 64],
+        help="encoder widths; the decoder mirrors them (default: 256,64)",
+    )
+    model.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        default="gaussian",
+        help="gaussian: squared error + KL (the design); bernoulli: cross-entropy from logits",
+    )
+    model.add_argument("--dataset", choices=DATASETS, default="mnist", help="torchvision dataset")
+
+    speed = p.add_argument_group("device and speed (set by each invocation, never by a checkpoint)")
+    speed.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        default="auto",
+        help="auto: CUDA, then MPS, then CPU",
+    )
+    speed.add_argument(
+        "--threads",
+        type=positive(int),
+        help="CPU threads for torch (default: chosen while training by measuring "
+        "steps: see docs/speed.md)",
+    )
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model with its loss: seconds to compile, faster steps",
+    )
+    speed.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast for the forward pass (CUDA, or a CPU with bf16 units)",
+    )
+
+    research = p.add_argument_group("research options (docs/results.md)")
+    research.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="elbo",
+        help="elbo: reconstruction + analytic KL; iwae: the importance-weighted "
+        "bound with --train-k samples (Burda et al. 2015), costlier per step",
+    )
+    research.add_argument(
+        "--train-k",
+        type=positive(int),
+        default=5,
+        help="importance samples per image for --objective iwae",
+    )
+    research.add_argument(
+        "--stl",
+        action="store_true",
+        help="sticking the landing (Roeder et al. 2017): the encoder's gradient "
+        "without log q's score term; the ELBO then uses a one-sample KL",
+    )
+    research.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="lr at each step: constant; cosine or exponential from --lr down to "
+        "--lr·--lr-floor at the last epoch; burda: --lr·10^(-i/7) for 3^i epochs, "
+        "i = 0..7 (Burda et al. 2015). --resume keeps the schedule; giving one of "
+        "--lr, --lr-schedule, --lr-floor, --warmup-epochs starts a new one there",
+    )
+    research.add_argument(
+        "--lr-floor",
+        type=fraction,
+        default=0.01,
+        help="the decayed lr at the end, as a fraction of --lr",
+    )
+    research.add_argument(
+        "--warmup-epochs",
+        type=positive(float, allow_zero=True),
+        default=0.0,
+        help="lr rises linearly from 0 over these (fractional) epochs first; 0: none",
+    )
+    research.add_argument(
+        "--adam-eps",
+        type=positive(float),
+        default=1e-8,
+        help="Adam's epsilon (1e-4 steadies long runs)",
+    )
+    research.add_argument(
+        "--clip-grad",
+        type=positive(float),
+        metavar="NORM",
+        help="clip the gradient's total norm to NORM (default: no clipping)",
+    )
+    research.add_argument(
+        "--activation", choices=ACTIVATIONS, default="relu", help="hidden activation"
+    )
+    research.add_argument(
+        "--decoder-activation",
+        choices=ACTIVATIONS,
+        help="the decoder's hidden activation (default: --activation's)",
+    )
+    research.add_argument(
+        "--binarize",
+        choices=("none", "dynamic", "static"),
+        default="none",
+        help="pixels ~ Bernoulli(intensity) at each use (dynamic) or once (static); "
+        "the test set once, with a fixed seed (static draws: on the CPU, the same on any device)",
+    )
+    research.add_argument(
+        "--watch-every",
+        type=positive(int, allow_zero=True),
+        default=0,
+        metavar="N",
+        help="every N epochs, estimate −log p(x) on a fixed test subset "
+        "into metrics.jsonl (watch_nll) and the Visdom loss pane; "
+        "0: never",
+    )
+    research.add_argument(
+        "--watch-k", type=positive(int), default=100, help="importance samples for that estimate"
+    )
+    research.add_argument(
+        "--watch-images",
+        type=positive(int),
+        default=1000,
+        help="the first this many test images make its subset",
+    )
+    research.add_argument(
+        "--eval-k",
+        type=positive(int),
+        help="importance samples for a log-likelihood estimate after training",
+    )
     for action in p._actions:  # every help ends with its default (0 too, unlike False: `is`)
         unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))
         if not unset and action.dest != "hidden":
             action.help += " (default: %(default)s)"
+        if action.dest in MODEL_FLAGS:
+            action.help += "; a checkpoint keeps it"
     return p
 
 
