@@ -12,10 +12,11 @@ reads the flags and picks the mode. The model and its losses are in vae.py; ever
 import gc
 import sys
 
-from helpers import flags
+from helpers import ctrl_c, flags
 
 if __name__ == "__main__":  # --help and a mistyped flag answer here, before torch loads
     flags.parse(sys.argv[1:])
+    ctrl_c.quiet_start_up()  # Ctrl-C or SIGTERM while torch loads: one line, no traceback
     gc.disable()  # torch's imports make a million objects and no garbage: nothing to collect
 
 import functools
@@ -184,7 +185,8 @@ def train(
 
 def main(argv: list[str]) -> int:
     """Run what the flags ask for. Exit status: 0 done; 1 a failure, explained in one line;
-    2 a bad flag or checkpoint; 130 Ctrl-C (the last finished epoch is kept)."""
+    2 a bad flag or checkpoint; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the last finished epoch is
+    kept)."""
     gc.freeze()  # torch's million objects stay: the collector skips them, now and at exit,
     gc.enable()  # and collects the run's own
     settings.flush_denormals()
@@ -197,9 +199,9 @@ def main(argv: list[str]) -> int:
     try:
         with ctrl_c_remembered():
             return mode(args, checkpoint, folder, device)
-    except KeyboardInterrupt:
-        print(f"\n{messages.interrupted(args, folder)}")
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"\n{messages.interrupted(args, folder, ctrl_c.signal_name(stop))}")
+        return ctrl_c.exit_status(stop)
     except (data.DataError, CheckpointError, runfiles.NonFiniteLoss, runfiles.WriteError) as error:
         print(f"error: {messages.failure(error, args, folder)}", file=sys.stderr)
         return 2 if isinstance(error, CheckpointError) else 1
