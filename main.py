@@ -206,6 +206,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {messages.failure(error, args, folder)}", file=sys.stderr)
         return 2 if isinstance(error, CheckpointError) else 1
     finally:
+        folder.lock.release()
         folder.remove_if_empty()
 
 

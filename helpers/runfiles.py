@@ -4,10 +4,13 @@
 <out>/metrics.jsonl   a line per epoch, and one per log-likelihood estimate
 <out>/args.json       the run's flags
 <out>/*.png           the last epoch's pictures (viewer.py)
+<out>/run.lock        while a process writes the folder: its PID (run_lock.py)
 """
 
 import datetime
 import json
+import math
+import shlex
 import threading
 from argparse import Namespace
 from collections.abc import Callable
@@ -21,9 +24,11 @@ from helpers.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_atomically,
     write_metrics,
 )
 from helpers.ctrl_c import ctrl_c_held
+from helpers.run_lock import FolderInUse, RunLock
 from helpers.schedules import set_lr
 from vae import VAE
 
@@ -100,6 +105,11 @@ class Writer:
             raise error
 
 
+def args_text(flags: dict) -> str:
+    """args.json: the flags of the run the checkpoint holds (of a new run, until it has one)."""
+    return json.dumps(flags, indent=2) + "\n"
+
+
 def build_model(args: Namespace, device: torch.device) -> VAE:
     sizes = (784, tuple(args.hidden), args.latent_dim)
     return VAE(*sizes, args.activation, args.decoder_activation).to(device)
@@ -136,8 +146,8 @@ class RunFolder:
     """The folder of one run and what it holds: `history`, a row per saved epoch, and the span of
     the lr schedule (schedules.py)."""
 
-    def __init__(self, out: Path, created: bool) -> None:
-        self.out, self.created = out, created
+    def __init__(self, out: Path, created: bool, lock: RunLock) -> None:
+        self.out, self.created, self.lock = out, created, lock
         self.history: list[dict] = []  # a row per epoch trained, written or being written
         self.saved_epochs = 0  # the epoch checkpoint.pt holds, once written
         self.span: dict = {}
@@ -146,8 +156,9 @@ class RunFolder:
 
     @classmethod
     def prepare(cls, args: Namespace, source: str | None) -> "RunFolder":
-        """Pick --out (default: a new runs/<timestamp>, or the checkpoint's folder) and
-        test-write it; a bad one fails as a bad flag does."""
+        """Pick --out (default: a new runs/<timestamp>, or the checkpoint's folder), test-write
+        it and lock it (run_lock.py); a bad one, or one another run holds, fails as a bad flag
+        does."""
         if args.out is None:
             args.out = (
                 str(Path(source).parent)
@@ -155,19 +166,24 @@ class RunFolder:
                 else f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
             )
         out = Path(args.out)
-        if not source and (out / "checkpoint.pt").exists():
-            flags.fail(
-                f"{out} already holds a run: continue it with --resume {out / 'checkpoint.pt'}, "
-                "or choose another --out"
-            )
         created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / ".write-test").write_text("")
             (out / ".write-test").unlink()
+            lock = RunLock.take(out)
+        except FolderInUse as error:
+            flags.fail(str(error))
         except OSError as error:
             flags.fail(f"--out {out} cannot be written ({error.strerror}): choose another folder")
-        return cls(out, created)
+        folder = cls(out, created, lock)
+        if not source and (out / "checkpoint.pt").exists():
+            folder.lock.release()
+            flags.fail(
+                f"{out} already holds a run: continue it with "
+                f"--resume {shlex.quote(str(out / 'checkpoint.pt'))}, or choose another --out"
+            )
+        return folder
 
     def start(
         self,
@@ -182,13 +198,12 @@ class RunFolder:
         if checkpoint:
             restore(model, optimizer, checkpoint, args)
             set_rng_state(checkpoint["rng"], device)
+            self.saved_epochs = checkpoint["epoch"]  # on disk already: a failure below keeps it
             writing(write_metrics, self.metrics, checkpoint["history"], checkpoint["epoch"])
             self.history, self.span = checkpoint["history"], checkpoint["lr_schedule"]
-            self.saved_epochs = checkpoint["epoch"]
-        else:
+        else:  # a resumed run's args.json changes with its first checkpoint (save_epoch)
             self.span = {"start": 0, "end": args.epochs}
-        text = json.dumps(vars(args), indent=2) + "\n"
-        writing(Path.write_text, self.out / "args.json", text)
+            writing(write_atomically, self.out / "args.json", args_text(vars(args)))
 
     def save_epoch(
         self,
@@ -209,6 +224,9 @@ class RunFolder:
         weights = list(model.parameters())
         if not torch.stack([torch.isfinite(w).all() for w in weights]).all():  # one host sync
             raise NonFiniteLoss(f"the weights became non-finite in epoch {row['epoch']}")
+        for key, value in row.items():  # metrics.jsonl is strict JSON: no NaN, no Infinity
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NonFiniteLoss(f"the {key} became {value} at epoch {row['epoch']}")
         self.history.append(row)
         state = {
             "model": on_cpu(model.state_dict()),
@@ -223,6 +241,7 @@ class RunFolder:
         def write() -> None:
             writing(save_checkpoint, self.out / "checkpoint.pt", state, self.metrics, row)
             self.saved_epochs = row["epoch"]
+            writing(write_atomically, self.out / "args.json", args_text(state["args"]))
             if then is not None:
                 writing(then, state["history"])
 
