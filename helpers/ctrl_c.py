@@ -123,9 +123,9 @@ def quiet_start_up() -> None:
     a stop could leave half done (the run folder is locked and empty, or its files untouched)."""
 
     def stop(signum, frame) -> None:
-        name = signal_name(Interrupted(signum))
+        by = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
         with contextlib.suppress(Exception):
-            print(f"\ninterrupted ({name}) while starting: nothing was written", flush=True)
+            print(f"\ninterrupted{by} while starting: nothing was written", flush=True)
         os._exit(128 + signum)
 
     _set_handlers(stop)
