@@ -17,7 +17,7 @@ from helpers import flags, startup
 
 if __name__ == "__main__":
     flags.parse(sys.argv[1:])  # --help and a mistyped flag answer here, before torch loads
-    startup.collector_off()  # torch loads faster (helpers/startup.py)
+    startup.before_imports()  # torch loads faster; a stop meanwhile is one line (startup.py)
 
 import time
 from argparse import Namespace
@@ -27,7 +27,7 @@ import torch
 from helpers import data, likelihood, messages, models, no_training, research, settings
 from helpers.batches import EpochBatches
 from helpers.checkpoint import CheckpointError, append_metrics, set_rng_state
-from helpers.ctrl_c import ctrl_c_remembered
+from helpers.ctrl_c import ctrl_c_remembered, exit_status, signal_name
 from helpers.latent import MAP_IMAGES, Activity, active_units, latent_means
 from helpers.runfiles import NonFiniteLoss, RunFolder, WriteError, disk_write
 from helpers.threads import ThreadTuner
@@ -83,7 +83,7 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
         folder.continue_from(checkpoint)  # metrics.jsonl cut back to the checkpoint's epoch
     else:  # new: the decoder starts at the training set's mean image
         model.start_at_mean_image(splits.train.mean(0))
-    folder.write_args(args)
+        folder.write_args(args)  # args.json (a resumed run's is rewritten with each checkpoint)
     epochs_done = len(folder.history)
     # the research options (helpers/research.py): another objective, bf16, torch.compile; an lr
     # schedule and gradient clipping on Adam's step. Without them: loss_function and plain Adam
@@ -136,10 +136,11 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
 
 def main(argv: list[str]) -> int:
     """Run what the flags ask for. Exit status: 0 done; 1 a failure, explained in one line;
-    2 a bad flag or checkpoint; 130 Ctrl-C (the last finished epoch is kept)."""
+    2 a bad flag or checkpoint; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the last finished epoch is
+    kept)."""
     startup.after_imports()  # the collector on again; denormal floats flushed (helpers/startup.py)
     args, checkpoint = settings.resolve(argv)  # a bad flag exits here, before any work
-    folder = RunFolder.prepare(args)
+    folder = RunFolder.prepare(args)  # a run folder is one run's: locked, or refused in one line
     device = settings.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)  # in training, threads.ThreadTuner keeps it
@@ -150,13 +151,14 @@ def main(argv: list[str]) -> int:
     try:
         with ctrl_c_remembered():
             return mode(args, checkpoint, folder, device)
-    except KeyboardInterrupt:
-        print(f"\n{messages.interrupted(args, folder)}")
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
+        print(f"\n{messages.interrupted(args, folder, signal_name(stop))}")
+        return exit_status(stop)
     except (data.DataError, CheckpointError, NonFiniteLoss, WriteError) as error:
         print(f"error: {messages.failure(error, args, folder)}", file=sys.stderr)
         return 2 if isinstance(error, CheckpointError) else 1
     finally:
+        folder.lock.release()
         folder.remove_if_empty()
 
 

@@ -4,8 +4,11 @@ load() is what a run calls: the training split's pixels, the test split's, the l
 """
 
 import contextlib
+import gzip
 import io
 import os
+import shutil
+import zlib
 from argparse import Namespace
 from pathlib import Path
 from typing import NamedTuple
@@ -13,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torchvision import datasets
-from torchvision.datasets.utils import extract_archive
 
 DATASETS = {
     "mnist": datasets.MNIST,
@@ -64,16 +66,27 @@ def _download(dataset: str, root: Path) -> None:
 
 def _extract_gz(folder: Path, names: list[str]) -> None:
     """Unpack NAME.gz beside it for each missing NAME, as torchvision does after a download (but
-    with no checksum: another distributor's recompressed files are as good)."""
+    with no checksum: another distributor's recompressed files are as good). NAME appears whole or
+    not at all: a damaged .gz (or a stop) leaves no partial file behind."""
     for name in names:
-        packed = folder / f"{name}.gz"
-        if not (folder / name).exists() and packed.exists():
+        packed, unpacked = folder / f"{name}.gz", folder / name
+        if not unpacked.exists() and packed.exists():
+            partial = folder / f"{name}.partial"
             try:
-                extract_archive(str(packed), str(folder))
-            except (OSError, EOFError) as error:
+                with gzip.open(packed) as source, open(partial, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                os.replace(partial, unpacked)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as error:
                 raise DataError(
                     f"{packed} cannot be unpacked ({error}): replace it with a good copy"
                 ) from None
+            except OSError as error:  # reading it, or writing beside it (a full disk, say)
+                raise DataError(
+                    f"{packed} cannot be unpacked into {folder} ({error.strerror or error}): "
+                    "make room there, or unpack it yourself"
+                ) from None
+            finally:
+                partial.unlink(missing_ok=True)
 
 
 def _read_header(path: Path, magic: int, n_dims: int) -> list[int]:

@@ -5,6 +5,8 @@ Nothing here imports torch, so `--help` and a mistyped flag answer at once.
 
 import argparse
 import math
+import os
+import urllib.parse
 
 from helpers.commands import main_command
 
@@ -66,6 +68,45 @@ def port(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """argparse type: an integer torch takes as a seed, -2^63 to 2^64 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"a seed is -2^63 to 2^64-1, got {text}")
+    return value
+
+
+def threads(text: str) -> int:
+    """argparse type: CPU threads, 1 to the CPUs this process may use (more only slow it down)."""
+    value = positive(int)(text)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if value > (cpus or 1):
+        raise argparse.ArgumentTypeError(
+            f"this machine lets the run use {cpus} CPUs: give 1 to {cpus}, got {text}"
+        )
+    return value
+
+
+def server_address(text: str) -> str:
+    """argparse type: a Visdom server's address, scheme and host only, such as http://localhost
+    (the client appends :port itself)."""
+    parts = urllib.parse.urlsplit(text)
+    try:
+        has_port = parts.port is not None
+    except ValueError:
+        has_port = True
+    extra = has_port or parts.path or parts.query or parts.fragment
+    if parts.scheme not in ("http", "https") or not parts.hostname or extra:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address such as http://localhost or https://host.example "
+            "(scheme and host only; the port goes in --visdom-port)"
+        )
+    return text
+
+
 def hidden_sizes(text: str) -> list[int]:
     """argparse type: comma-separated layer widths such as 256,64."""
     try:
@@ -96,7 +137,7 @@ def build_parser() -> Parser:
         "--beta", type=positive(float, allow_zero=True), default=1.0, help="weight of the KL term"
     )
     tutorial.add_argument("--latent-dim", type=positive(int), default=10, help="latent dimensions")
-    tutorial.add_argument("--seed", type=int, default=0, help="seed for everything random")
+    tutorial.add_argument("--seed", type=seed, default=0, help="seed for everything random")
     tutorial.add_argument(
         "--data-dir",
         default="./data",
@@ -113,7 +154,9 @@ def build_parser() -> Parser:
         default=False,
         help="contact the server after all: to --resume a --no-visdom run and watch it",
     )
-    visdom.add_argument("--visdom-server", default="http://localhost", help="server address")
+    visdom.add_argument(
+        "--visdom-server", type=server_address, default="http://localhost", help="server address"
+    )
     visdom.add_argument("--visdom-port", type=port, default=8097, help="server port")
     visdom.add_argument("--visdom-env", default="main", help="environment; the page opens on main")
     visdom.add_argument(
@@ -178,9 +221,10 @@ def build_parser() -> Parser:
     )
     speed.add_argument(
         "--threads",
-        type=positive(int),
-        help="CPU threads for torch (default: chosen while training by measuring "
-        "steps: see docs/speed.md)",
+        type=threads,
+        help="CPU threads for torch, at most the CPUs the run may use (default: chosen while "
+        "training by measuring steps: see docs/speed.md); a fixed count makes runs of one seed "
+        "identical to the bit",
     )
     speed.add_argument(
         "--compile",
@@ -311,6 +355,23 @@ def check(args: argparse.Namespace) -> None:
         fail(f"--objective iwae and --stl bound log p(x) only with --beta 1, got {args.beta}")
     if args.warmup_epochs >= args.epochs:
         fail(f"--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}")
+    training = not (args.evaluate or args.generate)  # the modes without training send nothing
+    if training and args.visdom_log and (why := cannot_append(args.visdom_log)):
+        fail(f"--visdom-log {args.visdom_log} cannot be written ({why}): choose another file")
+
+
+def cannot_append(path: str) -> str | None:
+    """Why this process cannot append to the file `path`, or None if it can (a file that was
+    absent is created to try, then removed)."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+        if not existed:
+            os.remove(path)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def fail(message: str):

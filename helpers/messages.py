@@ -1,15 +1,18 @@
 """The lines a run prints: its first line, one per epoch, the last, and the one a failure ends with.
 
-Every command printed (how to resume, how to start a server) names the interpreter that runs it,
-so that it works as printed (commands.main_command).
+Every command printed (how to resume, how to start a server) names the interpreter that runs it
+and quotes what a shell would split, so that it works as printed (commands.main_command).
 """
 
+import shlex
 from argparse import Namespace
 from pathlib import Path
 
 from helpers.commands import main_command
 from helpers.runfiles import NonFiniteLoss, WriteError
 from vae import GAUSSIAN_LOG_NORMALIZER
+
+LARGE_BETA = 1e6  # above it a non-finite loss is blamed on --beta, not on --lr
 
 
 def plural(n: int, word: str) -> str:
@@ -82,30 +85,46 @@ def density_note(args: Namespace) -> str:
     )
 
 
-def saved_so_far(out: Path, epochs: int) -> str:
+def go_on(args: Namespace, checkpoint: Path, epochs: int) -> str:
+    """How to go on from a checkpoint of `epochs` epochs: resume it; or, when it has all of
+    --epochs, run the --eval-k estimate that was left, or write the last pictures."""
+    path = shlex.quote(str(checkpoint))
+    if epochs < args.epochs:
+        return f"resume with: {main_command()} --resume {path}"
+    if args.eval_k:
+        return f"estimate log p(x) with: {main_command()} --evaluate {path} --eval-k {args.eval_k}"
+    return f"write its pictures with: {main_command()} --generate {path}"
+
+
+def saved_so_far(out: Path, epochs: int, args: Namespace) -> str:
     """What the run folder keeps, and how to go on from it."""
     if not epochs:
         return "nothing was saved yet (the first epoch had not finished)"
+    checkpoint = out / "checkpoint.pt"
+    if epochs >= args.epochs:
+        return f"{checkpoint} holds epoch {epochs}, the last; {go_on(args, checkpoint, epochs)}"
     return (
-        f"{out / 'checkpoint.pt'} holds epoch {epochs}. "
-        f"Resume with: {main_command()} --resume {out / 'checkpoint.pt'}"
+        f"{checkpoint} holds epoch {epochs}. "
+        f"Resume with: {main_command()} --resume {shlex.quote(str(checkpoint))}"
     )
 
 
-def interrupted(args: Namespace, folder) -> str:
-    """The line a Ctrl-C ends a run with, by mode: what it stopped, what it wrote, how to go on."""
+def interrupted(args: Namespace, folder, by: str = "Ctrl-C") -> str:
+    """The line a Ctrl-C (or SIGTERM, SIGHUP: `by`) ends a run with, by mode: what it stopped,
+    what it wrote, how to go on."""
+    stopped = "interrupted" if by == "Ctrl-C" else f"interrupted ({by})"
     if args.evaluate:
         return (
-            f"interrupted: the evaluation of {args.evaluate} did not finish; it wrote nothing "
+            f"{stopped}: the evaluation of {args.evaluate} did not finish; it wrote nothing "
             f"(the checkpoint and {folder.out / 'metrics.jsonl'} are as they were)"
         )
     if args.generate:
         return (
-            f"interrupted: the generation of {args.generate}'s pictures did not finish; the PNGs "
+            f"{stopped}: the generation of {args.generate}'s pictures did not finish; the PNGs "
             f"in {folder.out} may be missing or from before (the checkpoint is unchanged). "
-            f"Write them all with: {main_command()} --generate {args.generate}"
+            f"Write them all with: {main_command()} --generate {shlex.quote(args.generate)}"
         )
-    return f"interrupted; {saved_so_far(folder.out, folder.saved_epochs)}"
+    return f"{stopped}; {saved_so_far(folder.out, folder.saved_epochs, args)}"
 
 
 def failure(error: Exception, args: Namespace, folder) -> str:
@@ -115,10 +134,12 @@ def failure(error: Exception, args: Namespace, folder) -> str:
         if not epochs:
             return f"{error}; no checkpoint was written: free some space or choose another --out"
         return (
-            f"{error}; {checkpoint} of epoch {epochs} is intact. Free some space, then resume "
-            f"with: {main_command()} --resume {checkpoint}"
+            f"{error}; {checkpoint} of epoch {epochs} is intact. Free some space, then "
+            f"{go_on(args, checkpoint, epochs)}"
         )
     if not isinstance(error, NonFiniteLoss):
         return str(error)
     kept = f"{checkpoint} keeps epoch {epochs}" if epochs else "no checkpoint was written"
+    if args.beta > LARGE_BETA:  # β·KL alone overflows: the step size is not the cause
+        return f"{error}; {kept}. Try a smaller --beta (now {args.beta})"
     return f"{error}; {kept}. Try a smaller --lr (now {args.lr}) or --batch-size"

@@ -4,10 +4,13 @@
 <out>/metrics.jsonl   a line per epoch, and one per log-likelihood estimate
 <out>/args.json       the run's flags
 <out>/*.png           the last epoch's pictures (pictures.py)
+<out>/run.lock        while a process writes the folder: its PID (run_lock.py)
 """
 
 import datetime
 import json
+import math
+import shlex
 import threading
 from argparse import Namespace
 from collections.abc import Callable
@@ -16,8 +19,9 @@ from pathlib import Path
 import torch
 
 from helpers import flags
-from helpers.checkpoint import rng_state, save_checkpoint, write_metrics
+from helpers.checkpoint import rng_state, save_checkpoint, write_atomically, write_metrics
 from helpers.ctrl_c import ctrl_c_held
+from helpers.run_lock import FolderInUse, RunLock
 from vae import VAE
 
 # Keys of metrics.jsonl that depend on the machine and its load, not on the seed.
@@ -111,12 +115,17 @@ class Writer:
             raise error
 
 
+def args_text(flags: dict) -> str:
+    """args.json: the flags of the run the checkpoint holds (of a new run, until it has one)."""
+    return json.dumps(flags, indent=2) + "\n"
+
+
 class RunFolder:
     """The folder of one run and what it holds: `history`, a row of metrics per saved epoch, and
     `lr_span`, the epochs the lr schedule runs over (schedules.py)."""
 
-    def __init__(self, out: Path, created: bool, epochs: int) -> None:
-        self.out, self.created = out, created
+    def __init__(self, out: Path, created: bool, lock: RunLock, epochs: int) -> None:
+        self.out, self.created, self.lock = out, created, lock
         self.history: list[dict] = []  # a row per epoch trained, written or being written
         self.saved_epochs = 0  # the epoch checkpoint.pt holds, once written
         self.lr_span = {"start": 0, "end": epochs}
@@ -126,7 +135,8 @@ class RunFolder:
     @classmethod
     def prepare(cls, args: Namespace) -> "RunFolder":
         """Pick --out (default: a new runs/<timestamp>, or the folder of the checkpoint the mode
-        flag names) and test-write it; a bad one fails as a bad flag does."""
+        flag names), test-write it and lock it (run_lock.py); a bad one, or one another run
+        holds, fails as a bad flag does."""
         source = args.resume or args.evaluate or args.generate
         if args.out is None:
             args.out = (
@@ -135,30 +145,35 @@ class RunFolder:
                 else f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
             )
         out = Path(args.out)
-        if not source and (out / "checkpoint.pt").exists():
-            flags.fail(
-                f"{out} already holds a run: continue it with --resume {out / 'checkpoint.pt'}, "
-                "or choose another --out"
-            )
         created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / ".write-test").write_text("")
             (out / ".write-test").unlink()
+            lock = RunLock.take(out)
+        except FolderInUse as error:
+            flags.fail(str(error))
         except OSError as error:
             flags.fail(f"--out {out} cannot be written ({error.strerror}): choose another folder")
-        return cls(out, created, args.epochs)
+        folder = cls(out, created, lock, args.epochs)
+        if not source and (out / "checkpoint.pt").exists():
+            folder.lock.release()
+            flags.fail(
+                f"{out} already holds a run: continue it with "
+                f"--resume {shlex.quote(str(out / 'checkpoint.pt'))}, or choose another --out"
+            )
+        return folder
 
     def continue_from(self, checkpoint: dict) -> None:
         """Take over the checkpoint's epochs: its history and lr span; metrics.jsonl cut back to
         its epoch (a line written after it is of an epoch the resumed run trains again)."""
+        self.saved_epochs = checkpoint["epoch"]  # on disk already: a failure below keeps it
         disk_write(write_metrics, self.metrics, checkpoint["history"], checkpoint["epoch"])
         self.history, self.lr_span = checkpoint["history"], checkpoint["lr_schedule"]
-        self.saved_epochs = checkpoint["epoch"]
 
     def write_args(self, args: Namespace) -> None:
-        """<out>/args.json: the run's flags."""
-        disk_write(Path.write_text, self.out / "args.json", json.dumps(vars(args), indent=2) + "\n")
+        """<out>/args.json: a new run's flags (a resumed run's follow its checkpoints)."""
+        disk_write(write_atomically, self.out / "args.json", args_text(vars(args)))
 
     def save_epoch(
         self, model: VAE, optimizer: torch.optim.Adam, args: Namespace, metrics: dict, device
@@ -172,6 +187,9 @@ class RunFolder:
         weights = list(model.parameters())
         if not torch.stack([torch.isfinite(w).all() for w in weights]).all():  # one host sync
             raise NonFiniteLoss(f"the weights became non-finite in epoch {metrics['epoch']}")
+        for key, value in metrics.items():  # metrics.jsonl is strict JSON: no NaN, no Infinity
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NonFiniteLoss(f"the {key} became {value} at epoch {metrics['epoch']}")
         self.history.append(metrics)
         state = {
             "model": on_cpu(model.state_dict()),
@@ -186,6 +204,7 @@ class RunFolder:
         def write() -> None:
             disk_write(save_checkpoint, self.out / "checkpoint.pt", state, self.metrics, metrics)
             self.saved_epochs = metrics["epoch"]
+            disk_write(write_atomically, self.out / "args.json", args_text(state["args"]))
 
         self.writer.submit(write)
 

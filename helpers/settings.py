@@ -1,13 +1,15 @@
 """A run's settings: the flags, merged with the checkpoint's they name, checked before any work;
 and the device.
 
-A checkpoint keeps the flags a run was made with. Given it again (--resume, --evaluate,
---generate), every flag not on the command line comes from it, except the ones of one invocation:
-the mode's (flags.MODE_FLAGS) and where the run computes (flags.INVOCATION_FLAGS: device,
-threads, compile, amp). The model-and-data flags given must agree with it. Its data folder is
-used where this machine has the dataset there, else the default (data_folder_here).
+A checkpoint keeps the flags a run was made with (its --data-dir as an absolute path). Given it
+again (--resume, --evaluate, --generate), every flag not on the command line comes from it,
+except the ones of one invocation: the mode's (flags.MODE_FLAGS) and where the run computes
+(flags.INVOCATION_FLAGS: device, threads, compile, amp). The model-and-data flags given must
+agree with it. Its data folder is used where this machine has the dataset there, else the
+default (data_folder_here).
 """
 
+import os
 from argparse import Namespace
 
 import torch
@@ -65,6 +67,7 @@ def resolve(argv: list[str]) -> tuple[Namespace, dict | None]:
             flags.fail(str(error))
         merge_checkpoint(args, argv, checkpoint)
     flags.check(args)
+    args.data_dir = os.path.abspath(args.data_dir)  # kept so: a resume from elsewhere finds it
     for kind, available in (
         ("cuda", torch.cuda.is_available),
         ("mps", torch.backends.mps.is_available),

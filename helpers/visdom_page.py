@@ -228,10 +228,17 @@ class Viewer:
         self.lost_at = time.monotonic()
 
     def _send(self, method: str, *args, **kwargs) -> None:
-        """Call a client method; offline it only logs. A failure takes the viewer offline."""
+        """Call a client method; offline it only logs. A failure takes the viewer offline; one of
+        the --visdom-log file (or any, without a server) ends that log instead."""
         try:
             getattr(self.client, method)(*args, **kwargs)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as error:
+            log = self.client.log_to_filename
+            if log and (self.server is None or getattr(error, "errno", None) is not None):
+                self.client.log_to_filename = None  # the log failed, not the server: one line
+                reason = getattr(error, "strerror", None) or error
+                print(f"writing the Visdom log {log} failed ({reason}): no longer writing it")
+                return
             self._go_offline()
             print(
                 f"Visdom server at {self.server} stopped answering: saving PNGs, "

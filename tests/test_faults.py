@@ -1,13 +1,17 @@
 """Faults a long run meets: kill -9, a diverging loss, damaged files, bad checkpoints, bad flags."""
 
 import errno
+import json
 import os
 import random
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +28,11 @@ from conftest import (
     metrics,
     synthetic_digits,
     wait_for,
+    write_mnist,
 )
-from helpers import checkpoint, messages, runfiles
+from helpers import checkpoint, flags, likelihood, messages, runfiles
+
+CPUS = len(os.sched_getaffinity(0))
 
 
 def error_line(capsys) -> str:
@@ -124,6 +131,7 @@ def test_a_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
     )
     kept = torch.load(out / "checkpoint.pt", weights_only=True)
     assert kept["epoch"] == 1
+    assert json.loads((out / "args.json").read_text())["lr"] == kept["args"]["lr"] != 1e30
     for name, tensor in kept["model"].items():
         assert torch.equal(tensor, good["model"][name])
     assert [row["epoch"] for row in metrics(out)] == [1]
@@ -265,6 +273,11 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, capsys, cont
         (["--resume", "a.pt", "--evaluate", "b.pt"], "not allowed with argument --resume"),
         (["--device", "cuda"], "--device cuda: torch finds no CUDA device"),
         (["--out", "/proc/no-such-run"], "--out /proc/no-such-run cannot be written"),
+        (["--seed", "99999999999999999999"], "--seed: a seed is -2^63 to 2^64-1"),
+        (["--threads", "999"], f"--threads: this machine lets the run use {CPUS} CPUs"),
+        (["--visdom-server", "notaurl"], "--visdom-server: 'notaurl' is not an address such"),
+        (["--visdom-server", "http://localhost:8097"], "(scheme and host only; the port goes"),
+        (["--visdom-log", "/proc/no/log"], "--visdom-log /proc/no/log cannot be written (No such"),
     ],
 )
 def test_bad_flags_are_an_argparse_error_before_any_work(tmp_path, capsys, flags, words):
@@ -377,3 +390,173 @@ def test_ctrl_c_waits_for_the_write_in_flight(data_dir, tmp_path, capsys, monkey
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert [row["epoch"] for row in metrics(out)] == [1]
     assert {"samples.png", "latent_map.png"} <= {path.name for path in out.iterdir()}
+
+
+def test_a_huge_beta_stops_at_a_non_finite_epoch_loss_naming_beta(data_dir, tmp_path, capsys):
+    """β = 1e38: each step's loss is finite, their epoch mean is not (float32)."""
+    out = tmp_path / "run"
+    run = [*QUICK, "--beta", "1e38", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main(run) == 1
+    message = error_line(capsys)
+    assert "became inf at epoch 1" in message and "Try a smaller --beta (now 1e+38)" in message
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_metrics_jsonl_refuses_non_finite_numbers(tmp_path):
+    with pytest.raises(ValueError):
+        checkpoint.append_metrics(tmp_path / "metrics.jsonl", {"epoch": 1, "x": float("inf")})
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing written
+
+
+def test_a_corrupt_gz_is_one_line_and_leaves_nothing_that_blocks_the_next_try(tmp_path, capsys):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    write_mnist(raw, gz=True)
+    good = (raw / "train-images-idx3-ubyte.gz").read_bytes()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(good[:40] + b"\xff" * 64 + good[104:])
+    run = [*QUICK, "--epochs", "1", "--data-dir", str(tmp_path / "data")]
+    assert main.main([*run, "--out", str(tmp_path / "a")]) == 1
+    message = error_line(capsys)
+    assert f"{raw / 'train-images-idx3-ubyte.gz'} cannot be unpacked" in message
+    left = [p.name for p in raw.iterdir() if p.name.startswith("train-images")]
+    assert left == ["train-images-idx3-ubyte.gz"]  # no empty or partial file beside it
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(good)  # the good copy back
+    assert main.main([*run, "--out", str(tmp_path / "b")]) == 0
+
+
+def test_paths_with_spaces_give_commands_that_work_pasted_into_a_shell(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "my run ü 日本"
+    real = main.train_epoch
+
+    def train_epoch(*args, **kwargs):
+        if args[3].epoch == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(main, "train_epoch", train_epoch)
+    assert (
+        main.main([*QUICK, "--epochs", "3", "--data-dir", str(data_dir), "--out", str(out)]) == 130
+    )
+    monkeypatch.undo()
+    command = capsys.readouterr().out.split("Resume with: ")[1].splitlines()[0]
+    assert shlex.quote(str(out / "checkpoint.pt")) in command
+    pasted = subprocess.run(["bash", "-c", f"{command} --epochs 2"], capture_output=True, text=True)
+    assert pasted.returncode == 0, pasted.stderr
+    assert [row["epoch"] for row in metrics(out)] == [1, 2]
+
+
+def test_ctrl_c_in_the_final_estimate_prints_a_command_that_works(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    monkeypatch.setattr(
+        likelihood, "log_likelihood", lambda *args: signal.raise_signal(signal.SIGINT)
+    )
+    run = [*QUICK, "--epochs", "1", "--eval-k", "5", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main.main(run) == 130
+    monkeypatch.undo()
+    printed = capsys.readouterr().out
+    assert (
+        "holds epoch 1, the last; estimate log p(x) with: " in printed and "--resume" not in printed
+    )
+    command = shlex.split(printed.split("estimate log p(x) with: ")[1].splitlines()[0])
+    pasted = subprocess.run(command, capture_output=True, text=True)
+    assert pasted.returncode == 0, pasted.stderr
+    assert metrics(out)[-1]["k"] == 5
+
+
+def test_odd_bytes_and_lines_in_metrics_jsonl_do_not_stop_a_resume(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xfe{"epoch": 1}\n{"evaluation": "importance-weighted", "epoch": null}\n')
+        f.write(b'{"evaluation": "importance-weighted", "epoch": 1, "nll": NaN}\n')
+    assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "2"]) == 0
+    assert [row["epoch"] for row in metrics(out)] == [1, 2]
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"epoch": "x"}, "epoch 'x' is not a count of epochs"),
+        ({"args": []}, "args is a list, not a dict"),
+        ({"history": {}}, "history is not a row for each"),
+        ({"args_latent_dim": "ten"}, "its flag latent_dim is 'ten', not a int"),
+    ],
+)
+def test_a_checkpoint_with_the_keys_but_wrong_types_is_one_line(
+    trained_run, tmp_path, capsys, change, words
+):
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    for key, value in change.items():
+        if key.startswith("args_"):
+            state["args"][key[5:]] = value
+        else:
+            state[key] = value
+    path = tmp_path / "checkpoint.pt"
+    torch.save(state, path)
+    for mode in (["--resume", str(path), "--epochs", "5"], ["--evaluate", str(path)]):
+        message = exits_with_usage_error(mode, capsys)
+        assert "is not a checkpoint written by main.py" in message and words in message
+
+
+def fail_tmp_writes(monkeypatch) -> None:
+    """Writes of a temporary file (args.json's, metrics.jsonl's) fail half done: a full disk."""
+    write_text = Path.write_text
+
+    def write(self, text, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            write_text(self, text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write)
+
+
+def test_a_full_disk_at_the_start_names_the_file_and_keeps_what_was_saved(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    assert main.main([*QUICK, "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    before = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    fail_tmp_writes(monkeypatch)
+    assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "2"]) == 1
+    message = error_line(capsys)
+    assert f"writing {out / 'metrics.jsonl'} failed (No space left on device)" in message
+    assert f"{out / 'checkpoint.pt'} of epoch 1 is intact" in message and "--resume" in message
+    assert (out / "metrics.jsonl").read_bytes() == before
+    assert not (out / "metrics.jsonl.tmp").exists()
+    new = tmp_path / "new"
+    assert main.main([*QUICK, "--data-dir", str(data_dir), "--out", str(new)]) == 1
+    assert f"writing {new / 'args.json'} failed" in error_line(capsys)
+    assert not (new / "args.json").exists() and not (new / "args.json.tmp").exists()
+
+
+def test_a_relative_data_dir_is_found_when_resumed_from_elsewhere(data_dir, tmp_path, monkeypatch):
+    shutil.copytree(data_dir, tmp_path / "here" / "d")
+    monkeypatch.chdir(tmp_path / "here")
+    assert main.main([*QUICK, "--epochs", "1", "--data-dir", "d", "--out", "run"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    checkpoint = tmp_path / "here" / "run" / "checkpoint.pt"
+    assert main.main(["--resume", str(checkpoint), "--epochs", "2"]) == 0
+    assert torch.load(checkpoint, weights_only=True)["args"]["data_dir"] == str(
+        tmp_path / "here" / "d"
+    )
+    assert not (tmp_path / "elsewhere" / "data").exists()  # no download tried here
+
+
+def test_a_failing_visdom_log_without_a_server_is_one_line_naming_it(
+    data_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(flags, "cannot_append", lambda path: None)  # it fails only later
+    log = tmp_path / "gone" / "visdom.log"
+    run = [*QUICK, "--visdom-log", str(log), "--data-dir", str(data_dir)]
+    assert main.main([*run, "--out", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(f"writing the Visdom log {log} failed") == 1
+    assert "None" not in printed and "stopped answering" not in printed
