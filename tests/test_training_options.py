@@ -242,13 +242,15 @@ def stop_after_epoch(monkeypatch, epoch: int) -> None:
 def test_resumed_run_with_every_option_ends_like_an_uninterrupted_one(
     data_dir, tmp_path, monkeypatch
 ):
-    argv = [*OPTIONS, "--data-dir", str(data_dir), "--epochs", "3"]
+    # bit-identical with a fixed thread count (README); --threads is each invocation's
+    argv = [*OPTIONS, "--data-dir", str(data_dir), "--epochs", "3", "--threads", "1"]
     assert main.main([*argv, "--out", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as patch:
         stop_after_epoch(patch, 1)
         assert main.main([*argv, "--out", str(tmp_path / "parts")]) == 130
     assert [row["epoch"] for row in metrics(tmp_path / "parts")] == [1]
-    assert main.main(["--resume", str(tmp_path / "parts" / "checkpoint.pt")]) == 0
+    resume = ["--resume", str(tmp_path / "parts" / "checkpoint.pt"), "--threads", "1"]
+    assert main.main(resume) == 0
     rows = metrics(tmp_path / "whole")
     assert without_timings(metrics(tmp_path / "parts")) == without_timings(rows)
     assert rows[0]["lr"] > rows[1]["lr"] > rows[2]["lr"] == pytest.approx(2e-3 * 0.01)
