@@ -97,7 +97,7 @@ def least_likely(
     digits = test[order.to(test.device)].float().reshape(-1, 28, 28).mul(255).round()
     digits = digits.to(torch.uint8).cpu().numpy()
     picked = labels[order.to(labels.device)].tolist()
-    width, height, pad = 42, 28 + 14, 2  # a cell: the image, and its caption under it
+    width, height, pad = 40, 28 + 14, 2  # a cell: the image, and its caption under it
     rows = math.ceil(len(order) / LEAST_LIKELY_COLUMNS)
     size = (pad + LEAST_LIKELY_COLUMNS * (width + pad), pad + rows * (height + pad))
     image = Image.new("RGB", size, "white")

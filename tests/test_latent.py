@@ -156,14 +156,14 @@ def test_the_least_likely_are_the_highest_losses_highest_first():
     losses = torch.randperm(40).float() + 0.25  # all different: one right order
     image, title = least_likely(test, labels, losses, epoch=5)
     assert title == "least likely, epoch 5"
-    assert tuple(image.shape) == (3, 2 + 4 * 44, 2 + 4 * 44)  # 4 rows of 4 captioned cells
+    assert tuple(image.shape) == (3, 2 + 4 * 44, 2 + 4 * 42)  # 4 rows of 4 captioned cells
     order = losses.argsort(descending=True)[:LEAST_LIKELY]
     for i, index in enumerate(order.tolist()):  # cell i holds test image `index`, unscaled
-        left, top = 2 + (i % 4) * 44 + 7, 2 + (i // 4) * 44
+        left, top = 2 + (i % 4) * 42 + 6, 2 + (i // 4) * 44
         shown = image[0, top : top + 28, left : left + 28]
         assert torch.equal(shown, test[index].reshape(28, 28).mul(255).round().to(torch.uint8))
     few, _ = least_likely(test[:3], labels[:3], losses[:3], epoch=5)  # fewer images than cells
-    assert tuple(few.shape) == (3, 2 + 44, 2 + 4 * 44)
+    assert tuple(few.shape) == (3, 2 + 44, 2 + 4 * 42)
 
 
 def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path):

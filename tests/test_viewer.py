@@ -60,7 +60,7 @@ def check_windows(shown: dict, epochs: int, row: dict, num_images: int = 16) -> 
     assert lines["train"]["x"] == lines["test"]["x"] == list(range(1, epochs + 1))
     # the KL bars: the epoch's KL per dimension, the active ones in their own trace
     assert shown["least_likely"]["title"] == f"least likely, epoch {epochs}"
-    assert image_size(shown["least_likely"]) == (2 + 4 * 44, 2 + 4 * 44)
+    assert image_size(shown["least_likely"]) == (2 + 4 * 42, 2 + 4 * 44)
     assert shown["kl_per_dim"]["title"] == f"KL per dim, epoch {epochs}"
     bars = {trace["name"]: trace for trace in shown["kl_per_dim"]["content"]["data"]}
     assert bars["active"]["x"] == bars["inactive"]["x"] == list(range(1, 11))
