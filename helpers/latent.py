@@ -149,7 +149,7 @@ class DimensionKL:
 
 def dimension_kl(kl_per_dim: torch.Tensor, activity: Activity, epoch: int) -> DimensionKL:
     """The KL bars of an epoch: `kl_per_dim` [d] from the test pass, marked by `activity`."""
-    details = f"Σ {kl_per_dim.sum():.2f} nats; grey: inactive"  # Σ: the test KL
+    details = f"sum {kl_per_dim.sum():.2f} nats; grey: inactive"  # the sum: the test KL
     return DimensionKL(
         kl_per_dim.float().cpu(), activity.active.cpu(), f"KL per dim, epoch {epoch}", details
     )

@@ -145,7 +145,7 @@ def test_the_test_pass_gives_each_images_loss_and_each_dimensions_kl():
     # the dead dimensions (constant μ = 0.7) carry only their constant KL; the bars mark them
     kl = dimension_kl(tested.kl_per_dim, active_units(mu), epoch=4)
     assert kl.active.tolist() == [u not in DEAD for u in range(6)] and kl.title.endswith("epoch 4")
-    assert kl.details.startswith(f"Σ {row['test_kl']:.2f} nats")
+    assert kl.details.startswith(f"sum {row['test_kl']:.2f} nats")
     picture = kl_image(kl)
     assert picture.dtype == torch.uint8 and picture.shape[0] == 3
 
