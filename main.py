@@ -28,7 +28,8 @@ from helpers import data, likelihood, messages, models, no_training, research, s
 from helpers.batches import EpochBatches
 from helpers.checkpoint import CheckpointError, append_metrics, set_rng_state
 from helpers.ctrl_c import ctrl_c_remembered, exit_status, signal_name
-from helpers.latent import MAP_IMAGES, Activity, active_units, latent_means
+from helpers.latent import MAP_IMAGES, active_units, latent_means
+from helpers.pictures import TestPass
 from helpers.runfiles import NonFiniteLoss, RunFolder, WriteError, disk_write
 from helpers.threads import ThreadTuner
 from helpers.visdom_page import Viewer
@@ -56,18 +57,17 @@ def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, loss_fn, batches) 
     return batches.mean_loss()
 
 
-def test(
-    model: VAE, images: torch.Tensor, args: Namespace, epoch: int
-) -> tuple[dict, torch.Tensor, Activity]:
-    """The test pass: the loss per test image (the negative ELBO, with its two parts); the latent
-    means of the first MAP_IMAGES and which dimensions they use; every --watch-every epochs an
-    estimate of −log p(x). Returns the metrics, the means and the activity (for the pictures)."""
+def test(model: VAE, images: torch.Tensor, args: Namespace, epoch: int) -> tuple[dict, TestPass]:
+    """The test pass: the loss of each test image (the negative ELBO, with its two parts) and the
+    KL of each latent dimension; the latent means of the first MAP_IMAGES and which dimensions
+    they use; every --watch-every epochs an estimate of −log p(x). Returns the metrics, and the
+    pass itself for the pictures."""
     means = latent_means(model, images[:MAP_IMAGES])
     activity = active_units(means)
-    metrics = likelihood.test_loss(model, images, args)
-    metrics.update(active_units=activity.count)
+    loss = likelihood.test_loss(model, images, args)
+    metrics = {**loss.metrics(), "active_units": activity.count}
     metrics.update(likelihood.watch_estimate(model, images, args, epoch))
-    return metrics, means, activity
+    return metrics, TestPass(means, activity, loss)
 
 
 def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: torch.device) -> int:
@@ -105,7 +105,7 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
             train_loss = train_epoch(model, optimizer, loss_fn, batches)
             seconds = time.perf_counter() - tick
             # test
-            tested, means, activity = test(model, splits.test, args, epoch)
+            tested, test_pass = test(model, splits.test, args, epoch)
             lr = optimizer.param_groups[0]["lr"]
             metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **tested}
             metrics.update(
@@ -119,7 +119,7 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
             # save: the checkpoint with its metrics line, written by another thread from a copy
             folder.save_epoch(model, optimizer, args, metrics, device)
             # show: the pictures drawn now, pushed to Visdom (or PNG files) by that thread
-            viewer.show_epoch(model, epoch, folder.history, means, activity)
+            viewer.show_epoch(model, epoch, folder.history, test_pass)
     finally:  # done, stopped or failed: the writes in flight end, the last pictures go to PNGs
         try:
             folder.finish()

@@ -337,7 +337,7 @@ def time_to_quality(
         while time.perf_counter() - start < limit:
             epoch += 1
             train_epoch(epoch)
-            loss = likelihood.test_loss(model, test, args)["test_loss"]
+            loss = likelihood.test_loss(model, test, args).metrics()["test_loss"]
             if loss < target:
                 return time.perf_counter() - start, epoch, loss
         return None, epoch, loss

@@ -1,6 +1,8 @@
-"""What the latent space learned: active units, a 2-D projection of the latent means, the map.
+"""What the latent space learned: active units, a 2-D projection of the latent means, the map,
+and the KL each dimension carries.
 
-Pure functions of tensors (and the map drawn as a uint8 image); no Visdom, no files.
+Pure functions of tensors (and the map and the KL bars drawn as uint8 images); no Visdom, no
+files.
 """
 
 import textwrap
@@ -131,4 +133,54 @@ def map_image(latent: LatentMap, size: tuple[int, int] = (700, 560)) -> torch.Te
         y = top + 10 + 20 * index
         draw.ellipse((right + 14, y - 4, right + 22, y + 4), fill=PALETTE[index % len(PALETTE)])
         draw.text((right + 30, y), name, fill="black", font=font, anchor="lm")
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class DimensionKL:
+    """The KL of each latent dimension on the test images (nats, mean per image), which of them
+    are active, a short title and the details."""
+
+    nats: torch.Tensor  # [d]
+    active: torch.Tensor  # [d] bool
+    title: str
+    details: str
+
+
+def dimension_kl(kl_per_dim: torch.Tensor, activity: Activity, epoch: int) -> DimensionKL:
+    """The KL bars of an epoch: `kl_per_dim` [d] from the test pass, marked by `activity`."""
+    details = f"sum {kl_per_dim.sum():.2f} nats; grey: inactive"  # the sum: the test KL
+    return DimensionKL(
+        kl_per_dim.float().cpu(), activity.active.cpu(), f"KL per dim, epoch {epoch}", details
+    )
+
+
+ACTIVE_COLOUR, INACTIVE_COLOUR = "#1f77b4", "#b0b0b0"  # plotly's first colour, and grey
+
+
+def kl_image(kl: DimensionKL, size: tuple[int, int] = (480, 300)) -> torch.Tensor:
+    """The KL bars drawn with PIL, the active dimensions blue, the others grey, the title and
+    details above and the largest value on the y axis: uint8 [3,H,W]."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=13)
+    for i, line in enumerate((kl.title, kl.details)):
+        draw.text((width // 2, 12 + 17 * i), line, fill="black", font=font, anchor="mt")
+    top, left, right, bottom = 60, 60, width - 15, height - 40
+    draw.rectangle((left, top, right, bottom), outline="black")
+    peak = max(float(kl.nats.max()), 1e-9)
+    draw.text((left - 6, top), f"{peak:.2f}", "black", font, "rm")
+    draw.text((left - 6, bottom), "0", "black", font, "rm")
+    draw.text((18, (top + bottom) // 2), "nats", "black", font, "mm")
+    draw.text(((left + right) // 2, height - 12), "latent dimension", "black", font, "ms")
+    dims = kl.nats.shape[0]
+    step = (right - left) / dims
+    for u, (nats, active) in enumerate(zip(kl.nats.tolist(), kl.active.tolist())):
+        x0, x1 = left + step * (u + 0.15), left + step * (u + 0.85)
+        y = bottom - (bottom - top) * max(nats, 0.0) / peak
+        draw.rectangle((x0, y, x1, bottom), fill=ACTIVE_COLOUR if active else INACTIVE_COLOUR)
+        if dims <= 20 or (u + 1) % 5 == 0:  # the number, grey for an inactive dimension
+            colour = "black" if active else INACTIVE_COLOUR
+            draw.text(((x0 + x1) / 2, bottom + 4), str(u + 1), colour, font, "mt")
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()

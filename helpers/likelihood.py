@@ -9,6 +9,7 @@ split (the final figure, and the cheap one watched every few epochs).
 import math
 import time
 from argparse import Namespace
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -18,7 +19,7 @@ from vae import (
     GAUSSIAN_LOG_NORMALIZER,
     GAUSSIAN_VARIANCE,
     VAE,
-    kl_divergence,
+    kl_per_dimension,
     reconstruction_loss,
     reparameterize,
 )
@@ -110,20 +111,51 @@ def importance_weighted_log_likelihood(
     return total - math.log(k)
 
 
+@dataclass(frozen=True)
+class TestLoss:
+    """The negative ELBO on a split, on the CPU: each image's, and the KL of each latent dimension.
+
+    The KL bars sum to the KL: test_kl = Σ_u kl_per_dim[u]; the test loss is the mean of
+    per_image (up to float rounding).
+    """
+
+    per_image: torch.Tensor  # [N] reconstruction + β·KL of each image
+    recon: float  # the reconstruction error, mean per image
+    kl_per_dim: torch.Tensor  # [d] float64: KL(q(z_u|x) ‖ N(0, 1)), mean per image, in nats
+    beta: float
+
+    @property
+    def kl(self) -> float:
+        return float(self.kl_per_dim.sum())
+
+    def metrics(self) -> dict:
+        """The metrics row's test loss, its two parts and the KL per dimension (to 4 decimals)."""
+        return {
+            "test_loss": self.recon + self.beta * self.kl,
+            "test_recon": self.recon,
+            "test_kl": self.kl,
+            "test_kl_per_dim": [round(nats, 4) for nats in self.kl_per_dim.tolist()],
+        }
+
+
 @torch.inference_mode()
-def test_loss(model, pixels, args: Namespace, batch: int = 5000) -> dict:
-    """Negative ELBO with its parts on a whole split, per image; the same ε every call (seeded)."""
+def test_loss(model, pixels, args: Namespace, batch: int = 5000) -> TestLoss:
+    """Negative ELBO on a whole split, of each image and with its parts; the same ε every call
+    (seeded). The results stay on the device until one copy to the CPU at the end."""
     model.eval()
     generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
-    recon = kl = 0.0
+    recon, kl = [], []
     for x in pixels.split(batch):
         mu, logvar = model.encode(x)
         eps = torch.randn(mu.shape, device=mu.device, generator=generator)
         logits = model.decode(reparameterize(mu, logvar, eps))
-        recon += reconstruction_loss(logits, x, args.likelihood).sum().item()
-        kl += kl_divergence(mu, logvar).sum().item()
+        recon.append(reconstruction_loss(logits, x, args.likelihood).float())
+        kl.append(kl_per_dimension(mu, logvar).float())
+    recon, kl = torch.cat(recon), torch.cat(kl)
+    per_image = (recon + args.beta * kl.sum(dim=1)).cpu()
     n = pixels.shape[0]
-    return {"test_loss": (recon + args.beta * kl) / n, "test_recon": recon / n, "test_kl": kl / n}
+    recon_mean = float(recon.double().sum().cpu()) / n
+    return TestLoss(per_image, recon_mean, kl.double().sum(dim=0).cpu() / n, args.beta)
 
 
 @torch.inference_mode()

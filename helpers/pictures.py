@@ -1,19 +1,44 @@
 """An epoch's pictures, drawn on the CPU: grids of test images, their reconstructions, samples
-from the prior, interpolations between test images, and the latent traversal (or, with 2 latent
-dimensions, the manifold); and the PNG files they are written to, with the latent map
-(latent.py). No Visdom here: visdom_page.py sends them.
+from the prior, interpolations between test images, the latent traversal (or, with 2 latent
+dimensions, the manifold), and the least likely test images; and the PNG files they are written
+to, with the latent map and the KL per dimension (latent.py). No Visdom here: visdom_page.py
+sends them.
 """
 
 import math
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
 
-from helpers.latent import Activity, LatentMap, latent_map, map_image
+from helpers.latent import (
+    Activity,
+    DimensionKL,
+    LatentMap,
+    dimension_kl,
+    kl_image,
+    latent_map,
+    map_image,
+)
+from helpers.likelihood import TestLoss
 
 TRAVERSAL_ROWS = 10  # at most this many active dimensions in the traversal
+LEAST_LIKELY = 16  # the test images with the highest loss shown, in LEAST_LIKELY_COLUMNS columns
+LEAST_LIKELY_COLUMNS = 4
+
+
+@dataclass(frozen=True)
+class TestPass:
+    """What an epoch's test pass gives the pictures: the latent means of the map's images and
+    their activity, and the loss of each test image and the KL of each latent dimension."""
+
+    means: torch.Tensor  # [MAP_IMAGES, d]
+    activity: Activity
+    loss: TestLoss
 
 
 def fixed_inputs(args: Namespace, test: torch.Tensor, device: torch.device):
@@ -24,13 +49,16 @@ def fixed_inputs(args: Namespace, test: torch.Tensor, device: torch.device):
 
 
 def pictures(
-    model, inputs, labels: torch.Tensor, names: list[str], epoch: int, means, activity: Activity
-) -> tuple[dict, LatentMap]:
-    """An epoch's pictures, on the CPU: the grids of the fixed `inputs` (fixed_inputs) and the
-    latent map of `means`, the test images' latent means with their `labels`."""
+    model, inputs, test: torch.Tensor, labels: torch.Tensor, names, epoch: int, tested: TestPass
+) -> tuple[dict, LatentMap, DimensionKL]:
+    """An epoch's pictures, on the CPU: the grids of the fixed `inputs` (fixed_inputs), the least
+    likely of the `test` images (pixels [N, 784]) with their `labels`, the latent map of the
+    pass's means and the KL of each latent dimension."""
     images, z, nrow = inputs
-    shown = figures(model.eval(), images, z, epoch, nrow, activity)
-    return shown, latent_map(means, labels, names, activity, epoch)
+    shown = figures(model.eval(), images, z, epoch, nrow, tested.activity)
+    shown["least_likely"] = least_likely(test, labels, tested.loss.per_image, epoch)
+    latent = latent_map(tested.means, labels, names, tested.activity, epoch)
+    return shown, latent, dimension_kl(tested.loss.kl_per_dim, tested.activity, epoch)
 
 
 def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -40,15 +68,49 @@ def grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
 
 
 def save_pngs(
-    out: Path, grids: dict[str, tuple[torch.Tensor, str]], latent: LatentMap | None = None
+    out: Path,
+    grids: dict[str, tuple[torch.Tensor, str]],
+    latent: LatentMap | None = None,
+    kl: DimensionKL | None = None,
 ) -> list[str]:
-    """Write each grid (name → (uint8 image, title)) to <out>/<name>.png, and the latent map (if
-    any) to <out>/latent_map.png; returns the file names."""
+    """Write each grid (name → (uint8 image, title)) to <out>/<name>.png, the latent map (if
+    any) to <out>/latent_map.png and the KL bars (if any) to <out>/kl_per_dim.png; returns the
+    file names."""
     if latent is not None:
         grids = {**grids, "latent_map": (map_image(latent), latent.title)}
+    if kl is not None:
+        grids = {**grids, "kl_per_dim": (kl_image(kl), kl.title)}
     for name, (image, _) in grids.items():
         save_image(image.float().div(255), out / f"{name}.png")
     return [f"{name}.png" for name in grids]
+
+
+def least_likely(
+    test: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, epoch: int
+) -> tuple[torch.Tensor, str]:
+    """The LEAST_LIKELY test images with the highest loss (the negative ELBO), highest first in
+    reading order, each captioned "label: loss" under it: uint8 [3,H,W] and a title.
+
+    Drawn pixel for pixel (28 pixels an image) with PIL, to be shown unzoomed: text blurs.
+    """
+    order = losses.topk(min(LEAST_LIKELY, losses.shape[0])).indices  # sorted, highest first
+    digits = test[order.to(test.device)].float().reshape(-1, 28, 28).mul(255).round()
+    digits = digits.to(torch.uint8).cpu().numpy()
+    picked = labels[order.to(labels.device)].tolist()
+    width, height, pad = 40, 28 + 14, 2  # a cell: the image, and its caption under it
+    rows = math.ceil(len(order) / LEAST_LIKELY_COLUMNS)
+    size = (pad + LEAST_LIKELY_COLUMNS * (width + pad), pad + rows * (height + pad))
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=10)
+    for i, (index, label) in enumerate(zip(order.tolist(), picked)):
+        left = pad + (i % LEAST_LIKELY_COLUMNS) * (width + pad)
+        top = pad + (i // LEAST_LIKELY_COLUMNS) * (height + pad)
+        image.paste(Image.fromarray(digits[i]).convert("RGB"), (left + (width - 28) // 2, top))
+        caption = f"{label}: {float(losses[index]):.1f}"
+        draw.text((left + width // 2, top + 29), caption, fill="black", font=font, anchor="mt")
+    picture = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    return picture, f"least likely, epoch {epoch}"
 
 
 def traversal(

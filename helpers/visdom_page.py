@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from helpers.commands import python_command
-from helpers.latent import ACTIVE_THRESHOLD, Activity, LatentMap
-from helpers.pictures import fixed_inputs, pictures, save_pngs
+from helpers.latent import ACTIVE_COLOUR, ACTIVE_THRESHOLD, INACTIVE_COLOUR, DimensionKL, LatentMap
+from helpers.pictures import TestPass, fixed_inputs, pictures, save_pngs
 from helpers.runfiles import Writer, disk_write
 
 START_SERVER = f"{python_command()} -m visdom.server -bind_local"
@@ -27,15 +27,17 @@ START_SERVER = f"{python_command()} -m visdom.server -bind_local"
 # The page: three rows, the same at every width from 1280 to 1920 pixels. Visdom packs windows
 # in rows, in the order of their first messages, and again whenever one changes size, so every
 # window keeps the size of its first message; show() sends the pictures of the model's outputs
-# first (test images, reconstructions, prior samples, interpolations), then the curves (loss,
-# active units), then the latent space (map, traversal or manifold). Each row fits in 1255
+# first (test images, reconstructions, prior samples, interpolations, the least likely test
+# images), then the curves (loss, active units), then the latent space (map, traversal or
+# manifold, KL per dimension). Each row fits in 1255
 # pixels (1280 less a scrollbar), and the first window of the next row is too wide to join it
 # even at 1920: a reloaded page places its windows in a 1280-pixel grid until it has measured
 # its width, and one past that grid's edge stays where the grid moved it.
-OUTPUTS = ("originals", "reconstructions", "samples", "interpolation")
+OUTPUTS = ("originals", "reconstructions", "samples", "interpolation", "least_likely")
+CAPTIONED = ("least_likely",)  # pictures with text: shown pixel for pixel, as a zoom blurs text
 # Plot panes (width, height) in pixels; a plot's height is 15·n - 24: Visdom's grid rows are 15
 # pixels (with their margin) and its title bar 14, so that the plot fills whole rows.
-LOSS_SIZE, ACTIVE_SIZE, MAP_SIZE = (900, 261), (320, 261), (700, 441)
+LOSS_SIZE, ACTIVE_SIZE, MAP_SIZE, KL_SIZE = (900, 261), (320, 261), (700, 441), (220, 306)
 MIN_SIDE = 240  # a smaller grid is shown at the integer zoom that makes it at least this big
 # plotly's toolbar keeps zoom, pan and reset: fewer buttons, out of the way of the titles
 TOOLBAR_REMOVED = ["toImage", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"]
@@ -57,15 +59,15 @@ def visdom_client(server: str, port: int, env: str, timeout: float, **options):
     return TimeoutVisdom(server=server, port=port, env=env, raise_exceptions=True, **options)
 
 
-def image_opts(image: torch.Tensor, title: str) -> dict:
-    """A grid's window: the image pixel for pixel, at an integer zoom (MIN_SIDE at least).
+def image_opts(image: torch.Tensor, title: str, min_side: int = MIN_SIDE) -> dict:
+    """A grid's window: the image pixel for pixel, at an integer zoom (`min_side` at least).
 
     Visdom scales an image to one pixel wider than its pane, so the pane is one pixel narrower
     than the image; and it centres the image in a box one pixel taller than the pane that starts
     under the 14-pixel title bar, so the pane is the fewest 15-pixel rows that show it whole.
     """
     height, width = image.shape[1:]
-    zoom = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    zoom = max(1, math.ceil(min_side / max(height, width)))
     rows = math.ceil((zoom * height + 39) / 15)
     return dict(title=title, width=zoom * width - 1, height=15 * rows - 24)
 
@@ -142,7 +144,8 @@ class Viewer:
         self.retry_seconds = retry_seconds
         self.lost_at = 0.0  # when the server was last found unreachable
         self.client = None
-        self.unsaved: tuple[dict, LatentMap | None] | None = None  # pictures not in PNG files
+        # the pictures not yet in PNG files: the grids, the latent map, the KL bars
+        self.unsaved: tuple[dict, LatentMap | None, DimensionKL | None] | None = None
         if server is None and log_file is None:
             return
         try:
@@ -175,9 +178,9 @@ class Viewer:
         names: list[str],
         writer: Writer,
     ) -> "Viewer":
-        """The viewer of a training run: its flags' server, the fixed inputs shown every epoch
-        (test images; the test labels, for the map), and the run's writer thread, which sends
-        the pictures."""
+        """The viewer of a training run: its flags' server, the fixed inputs shown every epoch,
+        the test images and their labels (for the least likely and the map), and the run's writer
+        thread, which sends the pictures."""
         viewer = cls(
             Path(args.out),
             None if args.no_visdom else args.visdom_server,
@@ -187,20 +190,18 @@ class Viewer:
             args.visdom_retry,
             args.visdom_log,
         )
-        viewer.inputs = fixed_inputs(args, test, test.device)
+        viewer.inputs, viewer.test = fixed_inputs(args, test, test.device), test
         viewer.labels, viewer.names, viewer.writer = labels, names, writer
         return viewer
 
-    def show_epoch(
-        self, model, epoch: int, history: list[dict], means: torch.Tensor, activity: Activity
-    ) -> None:
-        """Draw the epoch's pictures now, from the model as it is; send them with the curves of
-        `history` to Visdom (or write them as PNG files) on the writer's thread, after the
-        checkpoint, while the next epoch trains."""
-        inputs, labels, names = self.inputs, self.labels, self.names
-        grids, latent = pictures(model, inputs, labels, names, epoch, means, activity)
+    def show_epoch(self, model, epoch: int, history: list[dict], tested: TestPass) -> None:
+        """Draw the epoch's pictures now, from the model as it is and its test pass; send them
+        with the curves of `history` to Visdom (or write them as PNG files) on the writer's
+        thread, after the checkpoint, while the next epoch trains."""
+        inputs, test, labels, names = self.inputs, self.test, self.labels, self.names
+        grids, latent, kl = pictures(model, inputs, test, labels, names, epoch, tested)
         history = list(history)
-        self.writer.submit(lambda: disk_write(self.show, grids, history, latent))
+        self.writer.submit(lambda: disk_write(self.show, grids, history, latent, kl))
 
     def save(self) -> None:
         """Write the last pictures shown as PNG files, if they are not written yet."""
@@ -250,11 +251,12 @@ class Viewer:
         grids: dict[str, tuple[torch.Tensor, str]],
         history: list[dict],
         latent: LatentMap | None = None,
+        kl: DimensionKL | None = None,
     ) -> None:
-        """Send the grids (name → (uint8 image, title)), the loss plot, the latent map and the
-        active units per epoch. While no server shows them, write them as PNG files too (else
-        save() does, at the end)."""
-        self.unsaved = (grids, latent)
+        """Send the grids (name → (uint8 image, title)), the loss plot, the latent map, the
+        active units per epoch and the KL per dimension. While no server shows them, write them
+        as PNG files too (else save() does, at the end)."""
+        self.unsaved = (grids, latent, kl)
         if not self.online:
             self.save()
         if self.client is None:
@@ -271,11 +273,14 @@ class Viewer:
         if latent is not None:
             self._send_map(latent)
         self._send_images({name: shown for name, shown in grids.items() if name not in outputs})
+        if kl is not None:
+            self._send_kl(kl)
 
     def _send_images(self, grids: dict[str, tuple[torch.Tensor, str]]) -> None:
         """An image window for each grid (name → (uint8 image, title))."""
         for name, (image, title) in grids.items():
-            self._send("image", image.numpy(), win=name, opts=image_opts(image, title))
+            opts = image_opts(image, title, 0 if name in CAPTIONED else MIN_SIDE)
+            self._send("image", image.numpy(), win=name, opts=opts)
 
     def _send_active_units(self, counted: list[dict]) -> None:
         """The active units per epoch."""
@@ -342,4 +347,31 @@ class Viewer:
                 xlabel=latent.axis_labels[0],
                 ylabel=latent.axis_labels[1],
             ),
+        )
+
+    def _send_kl(self, kl: DimensionKL) -> None:
+        """The KL per dimension as bars: one trace of the active dimensions, one of the others
+        (grey), stacked so that each dimension has one bar."""
+        active = kl.active.numpy()
+        nats = kl.nats.numpy()
+        opts = plot_opts(
+            kl.title,
+            kl.details,
+            KL_SIZE,
+            legend=["active", "inactive"],
+            stacked=True,
+            xlabel="latent dimension",
+            xtickstep=1 if len(nats) <= 10 else None,
+            ylabel="nats",
+        )
+        layout = opts["layoutopts"]["plotly"]
+        layout.update(showlegend=False, colorway=[ACTIVE_COLOUR, INACTIVE_COLOUR], bargap=0.2)
+        # no zoom in so few bars: the toolbar keeps out of the title in this narrow window
+        layout["modebar"]["remove"] = [*TOOLBAR_REMOVED, "zoom2d", "pan2d", "resetScale2d"]
+        self._send(
+            "bar",
+            np.stack([np.where(active, nats, 0.0), np.where(active, 0.0, nats)], axis=1),
+            np.arange(1, len(nats) + 1),
+            win="kl_per_dim",
+            opts=opts,
         )

@@ -47,13 +47,15 @@ return {width: document.documentElement.clientWidth,
 
 def expected_images(active: int) -> dict[str, tuple[int, int]]:
     """Title → pixel size of its image: 16 images in a 4x4 grid, the views 10 wide, the
-    traversal a row for each of the 10 dimensions (those not active left white)."""
+    traversal a row for each of the 10 dimensions (those not active left white), the 16 least
+    likely test images in 4 captioned rows of 4."""
     return {
         "test images (fixed)": (122, 122),
         "reconstructions, epoch 2": (122, 122),
         "samples from the prior, epoch 2": (122, 122),
         f"traversal: {active} of 10 dims active, -3..3, epoch 2": (302, 302),
         "interpolations, epoch 2": (302, 242),  # 8 pairs of test images
+        "least likely, epoch 2": (2 + 4 * 42, 2 + 4 * 44),  # 40x42-pixel cells, 2 apart
     }
 
 
@@ -104,7 +106,7 @@ def test_the_page_shows_the_grids_and_the_loss_plot(visdom_server, browser, data
 
     def ready(panes: list[dict]) -> bool:
         images, plots = shown(panes, expected)
-        return len(images) == len(expected) and all(images.values()) and len(plots) == 3
+        return len(images) == len(expected) and all(images.values()) and len(plots) == 4
 
     browser.get(f"{visdom_server.url}/env/browser")
     panes = wait_for_panes(browser, ready)
@@ -113,11 +115,13 @@ def test_the_page_shows_the_grids_and_the_loss_plot(visdom_server, browser, data
     assert images == {title: [size] for title, size in expected.items()}
     plot = {
         title: next(pane["traces"] for pane in panes if title in pane["text"])
-        for title in ("loss per image", "active latent dimensions", "latent map")
+        for title in ("loss per image", "active latent dimensions", "latent map", "KL per dim")
     }
     assert sorted(plot["loss per image"]) == [["test", [1, 2]], ["train", [1, 2]]]
     assert [x for _, x in plot["active latent dimensions"]] == [[1, 2]]
     assert sorted(name for name, _ in plot["latent map"]) == list("0123456789")  # one per class
+    # a bar per latent dimension, in two traces: the active ones' and the others'
+    assert plot["KL per dim"] == [[name, list(range(1, 11))] for name in ("active", "inactive")]
     assert (tmp_path / "visdom.png").stat().st_size > 10_000
 
 
@@ -273,9 +277,9 @@ def test_the_page_keeps_a_readable_layout_while_a_run_trains_into_it(
     second time from the places the page stored), the windows stay where they were; and no
     window overlaps another or passes the right edge, no title is cut."""
 
-    def trained(panes: list[dict]) -> bool:  # 8 windows with content, 5 titled epoch 2
+    def trained(panes: list[dict]) -> bool:  # 10 windows with content, 7 titled epoch 2
         with_content = all(pane["images"] or pane["traces"] for pane in panes)
-        return len(panes) == 8 and with_content and sum("epoch 2" in p["text"] for p in panes) == 5
+        return len(panes) == 10 and with_content and sum("epoch 2" in p["text"] for p in panes) == 7
 
     browser.set_window_size(1280, 1000)
     browser.get(f"{visdom_server.url}/env/main")
@@ -288,17 +292,17 @@ def test_the_page_keeps_a_readable_layout_while_a_run_trains_into_it(
     assert main.main([*run, *visdom_flags(visdom_server, "main")]) == 0
     live = settled_layout(browser, trained)
     browser.save_screenshot(str(tmp_path / "live-1280.png"))
-    check_layout(live, 8)
+    check_layout(live, 10)
     browser.refresh()
     reloaded = settled_layout(browser, trained)
-    check_layout(reloaded, 8)
+    check_layout(reloaded, 10)
     assert moved(reloaded, live, 1.5) == []  # a pixel for rounding: columns are pixel fractions
     browser.set_window_size(1920, 1000)
     for visit in ("reloaded-1920", "again-1920"):
         browser.refresh()
         wide = settled_layout(browser, trained)
         browser.save_screenshot(str(tmp_path / f"{visit}.png"))
-        check_layout(wide, 8)
+        check_layout(wide, 10)
         assert moved(wide, live, 4) == []  # the grid's columns are 1% wider at 1920
     log = (visdom_server.env_path / "server.log").read_text()
     assert [line for line in log.splitlines() if line.startswith(("ERROR", "WARNING"))] == []

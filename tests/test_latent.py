@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from argparse import Namespace
 
 import pytest
 import torch
@@ -20,18 +21,21 @@ from conftest import (
 )
 from explore import IMAGE_WINDOW, build_parser
 from explore import load as load_explorer
+from helpers import likelihood
 from helpers.data import class_names, load_images, to_test_pixels
 from helpers.latent import (
     ACTIVE_THRESHOLD,
     Activity,
     active_units,
+    dimension_kl,
+    kl_image,
     latent_map,
     latent_means,
     project_2d,
 )
-from helpers.pictures import traversal
+from helpers.pictures import LEAST_LIKELY, least_likely, traversal
 from helpers.visdom_page import Viewer
-from vae import VAE
+from vae import VAE, negative_elbo, reparameterize
 
 DEAD = [1, 3, 4]  # latent dimensions whose μ the encoder below never changes
 
@@ -113,6 +117,53 @@ def test_the_traversal_has_a_row_per_active_dimension_and_none_when_none_is():
     image, title = traversal(decode, torch.zeros(12), Activity(variance, variance > 0.01), 3, 10)
     assert title == "traversal: top 10 of 12 active, -3..3, epoch 3"
     assert tuple(image.shape) == (3, 2 + 10 * 30, 2 + 10 * 30) and (tile(image, 9, 0) < 255).any()
+
+
+def test_the_test_pass_gives_each_images_loss_and_each_dimensions_kl():
+    """test_loss in batches against each image's own −ELBO with the same ε (the seeded draw for
+    the whole split): the per-image losses in order, the KL per dimension summing to the KL."""
+    model = model_with_dead_dimensions().eval()
+    images = torch.rand(300, 784)
+    args = Namespace(seed=3, likelihood="gaussian", beta=2.0)
+    tested = likelihood.test_loss(
+        model, images, args, batch=128
+    )  # three batches, the last one short
+    generator = torch.Generator().manual_seed(3)
+    eps = torch.cat([torch.randn(x.shape[0], 6, generator=generator) for x in images.split(128)])
+    with torch.no_grad():
+        mu, logvar = model.encode(images)
+        logits = model.decode(reparameterize(mu, logvar, eps))
+        one = [(logits[[i]], images[[i]], mu[[i]], logvar[[i]]) for i in range(300)]
+        expected = torch.stack([negative_elbo(*tensors, beta=2.0)[0] for tensors in one])
+        kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+    torch.testing.assert_close(tested.per_image, expected)
+    torch.testing.assert_close(tested.kl_per_dim.float(), kl_dims.mean(0))
+    row = tested.metrics()
+    assert row["test_kl"] == pytest.approx(float(tested.kl_per_dim.sum()), abs=1e-12)
+    assert row["test_loss"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert row["test_kl_per_dim"] == pytest.approx(kl_dims.mean(0).tolist(), abs=1e-4)
+    # the dead dimensions (constant μ = 0.7) carry only their constant KL; the bars mark them
+    kl = dimension_kl(tested.kl_per_dim, active_units(mu), epoch=4)
+    assert kl.active.tolist() == [u not in DEAD for u in range(6)] and kl.title.endswith("epoch 4")
+    assert kl.details.startswith(f"sum {row['test_kl']:.2f} nats")
+    picture = kl_image(kl)
+    assert picture.dtype == torch.uint8 and picture.shape[0] == 3
+
+
+def test_the_least_likely_are_the_highest_losses_highest_first():
+    test = torch.rand(40, 784)
+    labels = torch.arange(40) % 10
+    losses = torch.randperm(40).float() + 0.25  # all different: one right order
+    image, title = least_likely(test, labels, losses, epoch=5)
+    assert title == "least likely, epoch 5"
+    assert tuple(image.shape) == (3, 2 + 4 * 44, 2 + 4 * 42)  # 4 rows of 4 captioned cells
+    order = losses.argsort(descending=True)[:LEAST_LIKELY]
+    for i, index in enumerate(order.tolist()):  # cell i holds test image `index`, unscaled
+        left, top = 2 + (i % 4) * 42 + 6, 2 + (i // 4) * 44
+        shown = image[0, top : top + 28, left : left + 28]
+        assert torch.equal(shown, test[index].reshape(28, 28).mul(255).round().to(torch.uint8))
+    few, _ = least_likely(test[:3], labels[:3], losses[:3], epoch=5)  # fewer images than cells
+    assert tuple(few.shape) == (3, 2 + 44, 2 + 4 * 42)
 
 
 def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path):

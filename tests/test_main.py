@@ -44,10 +44,22 @@ def test_two_epochs_write_metrics_checkpoint_and_pngs(data_dir, tmp_path, capsys
         ):
             assert math.isfinite(row[key]), key
         assert row["test_loss"] == pytest.approx(row["test_recon"] + row["test_kl"])
+        # the KL of each latent dimension, to 4 decimals: the bars add up to the KL
+        assert len(row["test_kl_per_dim"]) == 10 and min(row["test_kl_per_dim"]) >= 0
+        assert sum(row["test_kl_per_dim"]) == pytest.approx(row["test_kl"], abs=1e-3)
     assert rows[1]["test_loss"] < rows[0]["test_loss"]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["args"]["latent_dim"] == 10
-    for name in ("originals", "reconstructions", "samples", "traversal", "interpolation"):
+    for name in (
+        "originals",
+        "reconstructions",
+        "samples",
+        "traversal",
+        "interpolation",
+        "least_likely",
+        "latent_map",
+        "kl_per_dim",
+    ):
         assert (out / f"{name}.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and f"run folder {out}" in printed
@@ -318,7 +330,9 @@ def test_evaluate_and_generate_from_a_checkpoint(data_dir, tmp_path, capsys, dev
         "samples.png",
         "manifold.png",
         "interpolation.png",
+        "least_likely.png",
         "latent_map.png",
+        "kl_per_dim.png",
     }
 
 
@@ -571,7 +585,13 @@ def test_a_checkpoint_of_the_old_layout_resumes_evaluates_and_generates(data_dir
     assert main.main(["--evaluate", str(out / "checkpoint.pt"), "--eval-k", "5", *given]) == 0
     assert metrics(out)[-1]["evaluation"] == "importance-weighted" and metrics(out)[-1]["k"] == 5
     assert main.main(["--generate", str(out / "checkpoint.pt"), *given]) == 0
-    assert {"samples.png", "manifold.png", "latent_map.png"} <= {p.name for p in out.iterdir()}
+    assert {
+        "samples.png",
+        "manifold.png",
+        "latent_map.png",
+        "least_likely.png",
+        "kl_per_dim.png",
+    } <= {p.name for p in out.iterdir()}
 
 
 def test_a_run_collects_garbage_again_after_the_imports(data_dir, tmp_path):

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 import main
@@ -24,7 +25,7 @@ from conftest import (
     wait_for,
 )
 
-WINDOWS = ("originals", "reconstructions", "samples", "traversal", "interpolation")
+WINDOWS = ("originals", "reconstructions", "samples", "traversal", "interpolation", "least_likely")
 
 
 def windows(server: VisdomServer, env: str) -> dict:
@@ -36,12 +37,14 @@ def image_size(window: dict) -> tuple[int, int]:
     return Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).size
 
 
-def active_units(out) -> int:
-    """The active units of the last epoch in a run folder's metrics.jsonl."""
-    return metrics(out)[-1]["active_units"]
+def last_epoch(out) -> dict:
+    """The metrics of the last epoch in a run folder's metrics.jsonl."""
+    return metrics(out)[-1]
 
 
-def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -> None:
+def check_windows(shown: dict, epochs: int, row: dict, num_images: int = 16) -> None:
+    """The windows of epoch `epochs`, whose metrics are `row`."""
+    active = row["active_units"]
     side = 2 + int(num_images**0.5) * 30  # make_grid: 28-pixel images with 2-pixel padding
     for name in ("originals", "reconstructions", "samples"):
         assert image_size(shown[name]) == (side, side), name
@@ -55,6 +58,17 @@ def check_windows(shown: dict, epochs: int, active: int, num_images: int = 16) -
     assert shown["reconstructions"]["title"] == f"reconstructions, epoch {epochs}"
     lines = {trace["name"]: trace for trace in shown["loss"]["content"]["data"]}
     assert lines["train"]["x"] == lines["test"]["x"] == list(range(1, epochs + 1))
+    # the KL bars: the epoch's KL per dimension, the active ones in their own trace
+    assert shown["least_likely"]["title"] == f"least likely, epoch {epochs}"
+    assert image_size(shown["least_likely"]) == (2 + 4 * 42, 2 + 4 * 44)
+    assert shown["kl_per_dim"]["title"] == f"KL per dim, epoch {epochs}"
+    bars = {trace["name"]: trace for trace in shown["kl_per_dim"]["content"]["data"]}
+    assert bars["active"]["x"] == bars["inactive"]["x"] == list(range(1, 11))
+    per_dim = [a + b for a, b in zip(bars["active"]["y"], bars["inactive"]["y"])]
+    assert per_dim == pytest.approx(row["test_kl_per_dim"], abs=1e-4)
+    assert sum(per_dim) == pytest.approx(row["test_kl"], rel=1e-5)
+    assert sum(nats > 0 for nats in bars["active"]["y"]) == active
+    assert all(not (a and b) for a, b in zip(bars["active"]["y"], bars["inactive"]["y"]))
 
 
 def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
@@ -70,10 +84,10 @@ def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
         ]
     )
     assert code == 0
-    check_windows(windows(visdom_server, "e2e"), epochs=2, active=active_units(out))
+    check_windows(windows(visdom_server, "e2e"), epochs=2, row=last_epoch(out))
     # A resumed run continues the plot; a new run in the same env starts it afresh.
     assert main.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3"]) == 0
-    check_windows(windows(visdom_server, "e2e"), epochs=3, active=active_units(out))
+    check_windows(windows(visdom_server, "e2e"), epochs=3, row=last_epoch(out))
     assert (
         main.main(
             [
@@ -92,7 +106,7 @@ def test_server_receives_the_windows(visdom_server, data_dir, tmp_path):
         )
         == 0
     )
-    check_windows(windows(visdom_server, "e2e"), epochs=1, active=active_units(tmp_path / "new"))
+    check_windows(windows(visdom_server, "e2e"), epochs=1, row=last_epoch(tmp_path / "new"))
 
 
 def test_a_no_visdom_run_resumed_with_visdom_shows_its_windows(visdom_server, data_dir, tmp_path):
@@ -103,7 +117,7 @@ def test_a_no_visdom_run_resumed_with_visdom_shows_its_windows(visdom_server, da
     assert main.main([*resume, "--epochs", "3"]) == 0  # the checkpoint's --no-visdom holds
     assert "resumed" not in visdom_server.client("main").get_env_list()
     assert main.main([*resume, "--epochs", "4", "--visdom"]) == 0
-    check_windows(windows(visdom_server, "resumed"), epochs=4, active=active_units(out))
+    check_windows(windows(visdom_server, "resumed"), epochs=4, row=last_epoch(out))
 
 
 def test_no_server_trains_and_writes_pngs(data_dir, tmp_path):
@@ -127,7 +141,7 @@ def test_no_server_trains_and_writes_pngs(data_dir, tmp_path):
     assert (
         "No Visdom server answers" in result.stdout and "python -m visdom.server" in result.stdout
     )
-    assert all((out / f"{name}.png").exists() for name in WINDOWS)
+    assert all((out / f"{name}.png").exists() for name in (*WINDOWS, "latent_map", "kl_per_dim"))
     assert "Traceback" not in result.stderr
 
 
@@ -158,7 +172,7 @@ def test_a_server_that_never_answers_does_not_stall_training(data_dir, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "No Visdom server answers" in result.stdout
     assert [row["epoch"] for row in metrics(out)] == [1, 2, 3]
-    assert all((out / f"{name}.png").exists() for name in WINDOWS)
+    assert all((out / f"{name}.png").exists() for name in (*WINDOWS, "latent_map", "kl_per_dim"))
 
 
 def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
@@ -197,9 +211,7 @@ def test_a_logged_run_replays_into_a_server(visdom_server, data_dir, tmp_path):
         env={**OFFLINE_ENV, "PATH": ""},
     )
     assert result.returncode == 0, result.stderr
-    check_windows(
-        windows(visdom_server, "replayed"), epochs=2, active=active_units(tmp_path / "run")
-    )
+    check_windows(windows(visdom_server, "replayed"), epochs=2, row=last_epoch(tmp_path / "run"))
 
 
 def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path):
@@ -259,7 +271,7 @@ def test_a_server_killed_and_restarted_gets_the_windows_back(data_dir, tmp_path)
         server.start()
         # an epoch's pushes arrive one window at a time (the loss before the traversal): wait
         # for all of them; a window that never comes back fails at wait_for's limit
-        every_window = {*WINDOWS, "loss"}
+        every_window = {*WINDOWS, "loss", "kl_per_dim"}
         wait_for(lambda: every_window <= set(windows(server, "restart")), "every window back", run)
         shown = windows(server, "restart")
         # the new server started after an epoch >= killed_at + 3 wrote its PNGs: what it shows
