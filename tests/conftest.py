@@ -138,9 +138,15 @@ class VisdomServer:
                 urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
                     self.url, timeout=2
                 )
-                return
             except OSError:
                 time.sleep(0.2)
+                continue
+            # Offline, a file missing from tools/visdom_assets.py's list is a download error.
+            log = (self.env_path / "server.log").read_text()
+            if "while downloading" in log:
+                self.stop()
+                pytest.fail(f"the Visdom server tried to download page assets:\n{log[-2000:]}")
+            return
         self.stop()
         pytest.fail("the Visdom server did not answer within 60 s")
 

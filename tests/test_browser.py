@@ -7,6 +7,7 @@ import time
 from itertools import combinations
 
 import pytest
+import visdom
 
 import main
 from conftest import SHORT, metrics, start_explorer, visdom_flags, wait_for
@@ -17,6 +18,7 @@ from screenshot_visdom import chromium, wait_for_panes
 EXPLORER_IMAGE = """return Array.from(document.querySelectorAll('.react-grid-item'))
     .find(pane => pane.innerText.includes('decoded image')).querySelector('img').src"""
 FIRST_VALUE = ".content-properties input"
+VISDOM_03 = tuple(int(part) for part in visdom.__version__.split(".")[:2]) >= (0, 3)
 # Every window's rectangle, its title's line boxes, its bar's buttons, what it shows (images,
 # tables, plots), its grid images and its plots' texts (titles, details, axis titles, legend)
 # with plotly's toolbar; in page coordinates.
@@ -269,6 +271,13 @@ def moved(page: dict, reference: dict, pixels: float) -> list:
     ]
 
 
+@pytest.mark.xfail(
+    VISDOM_03,
+    strict=True,
+    reason="visdom 0.3's page (issue 25, part 2): it scales each grid image to its window "
+    "(122-pixel grids at 242, not 244); at 1920 pixels a reload in the same tab stacks the "
+    "windows one below the other; a plot replaced while the page is open keeps its first axes",
+)
 def test_the_page_keeps_a_readable_layout_while_a_run_trains_into_it(
     visdom_server, browser, data_dir, tmp_path
 ):
