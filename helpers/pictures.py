@@ -116,26 +116,20 @@ def least_likely(
 def traversal(
     decode, start: torch.Tensor, activity: Activity, epoch: int, steps: int
 ) -> tuple[torch.Tensor, str]:
-    """Rows that sweep each active dimension (largest variance first, at most TRAVERSAL_ROWS)
-    from -3 to 3 around the code `start` [d]; with none active, the one image every code gives.
-
-    The grid has the same size every epoch, a row for each of min(TRAVERSAL_ROWS, d)
-    dimensions: the rows that no active dimension fills are white.
-    """
+    """Rows that sweep one latent dimension each from -3 to 3 around the code `start` [d], a row
+    for each of min(TRAVERSAL_ROWS, d) dimensions, largest variance first: the active ones, then
+    (where fewer are active) inactive ones, whose rows barely change. The grid has the same size
+    every epoch and no empty rows, so its window is full."""
     rows = min(TRAVERSAL_ROWS, activity.dims)
-    dims = activity.ranked(rows)
-    tiles = torch.ones(rows, steps, 784, device=start.device)
-    if not dims:
-        tiles[0, 0] = decode(start[None]).reshape(784)
-        return grid(tiles, steps), f"traversal: 0 of {activity.dims} dims active, epoch {epoch}"
+    dims = activity.variance.argsort(descending=True)[:rows].tolist()
     values = torch.linspace(-3.0, 3.0, steps, device=start.device)
-    codes = start.repeat(len(dims), steps, 1)
+    codes = start.repeat(rows, steps, 1)
     for row, dim in enumerate(dims):
         codes[row, :, dim] = values
-    tiles[: len(dims)] = decode(codes.reshape(-1, activity.dims)).reshape(len(dims), steps, 784)
+    tiles = decode(codes.reshape(-1, activity.dims)).reshape(rows, steps, 784)
     count = f"{activity.count} of {activity.dims} dims active"
-    if len(dims) < activity.count:
-        count = f"top {len(dims)} of {activity.count} active"
+    if rows < activity.count:
+        count = f"top {rows} of {activity.count} active"
     return grid(tiles, steps), f"traversal: {count}, -3..3, epoch {epoch}"
 
 

@@ -49,7 +49,7 @@ return {width: document.documentElement.clientWidth,
 
 def expected_images(active: int) -> dict[str, tuple[int, int]]:
     """Title → pixel size of its image: 16 images in a 4x4 grid, the views 10 wide, the
-    traversal a row for each of the 10 dimensions (those not active left white), the 16 least
+    traversal a row for each of the 10 dimensions (the active ones first), the 16 least
     likely test images in 4 captioned rows of 4."""
     return {
         "test images (fixed)": (122, 122),
