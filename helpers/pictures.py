@@ -160,12 +160,12 @@ def figures(
         )
     else:
         shown["traversal"] = traversal(decode, mu[0], activity, epoch, steps)
-    pairs = min(8, images.shape[0] // 2)  # 8 rows: as tall as an 8x8 grid
-    weights = torch.linspace(0.0, 1.0, steps, device=z.device)[None, :, None]
+    pairs = min(8, images.shape[0] // 2)  # 8 rows of 8: as big as an 8x8 grid
+    weights = torch.linspace(0.0, 1.0, 8, device=z.device)[None, :, None]
     start, end = mu[:pairs, None], mu[pairs : 2 * pairs, None]
     codes = (1 - weights) * start + weights * end
     shown["interpolation"] = (
-        grid(decode(codes.reshape(-1, model.latent_dim)), steps),
+        grid(decode(codes.reshape(-1, model.latent_dim)), 8),
         f"interpolations, epoch {epoch}",
     )
     return shown

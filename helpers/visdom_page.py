@@ -12,6 +12,7 @@ import math
 import os
 import time
 from argparse import Namespace
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +25,36 @@ from helpers.runfiles import Writer, disk_write
 
 START_SERVER = f"{python_command()} -m visdom.server -bind_local"
 
-# The page: three rows, the same at every width from 1280 to 1920 pixels. Visdom packs windows
-# in rows, in the order of their first messages, and again whenever one changes size, so every
-# window keeps the size of its first message; show() sends the pictures of the model's outputs
-# first (test images, reconstructions, prior samples, interpolations, the least likely test
-# images), then the curves (loss, active units), then the latent space (map, traversal or
-# manifold, KL per dimension). Each row fits in 1255
-# pixels (1280 less a scrollbar), and the first window of the next row is too wide to join it
-# even at 1920: a reloaded page places its windows in a 1280-pixel grid until it has measured
-# its width, and one past that grid's edge stays where the grid moved it.
+
+def visdom_version() -> tuple[int, ...]:
+    """The installed visdom's (major, minor), (0, 0) where it is not installed."""
+    try:
+        return tuple(int(part) for part in metadata.version("visdom").split(".")[:2])
+    except metadata.PackageNotFoundError:
+        return (0, 0)
+
+
+# The page: three rows, the same at every width from 1280 to 1920 pixels, that fit the viewport
+# of a 1920x1080 screen's browser (950 pixels tall) and keep the test images, their
+# reconstructions and the loss above the fold of a 1280x720 one. Visdom packs windows in rows,
+# in the order of their first messages, and again whenever one changes size, so every window
+# keeps the size of its first message; show() sends the pictures of the model's outputs first
+# (test images, reconstructions, prior samples, interpolations, the least likely test images),
+# then the curves (loss, active units), then the latent space (map, traversal or manifold, KL
+# per dimension). The windows start at y=68, each row 10 pixels below the tallest window of the
+# row above: 68 + 275 + 10 + 230 + 10 + 350 = 943. Each row fits in 1255 pixels (1280 less a
+# scrollbar) on both Visdom versions, and the first window of the next row is too wide to join
+# it even at 1920: a reloaded page places its windows in a 1280-pixel grid until it has
+# measured its width, and one past that grid's edge stays where the grid moved it.
 OUTPUTS = ("originals", "reconstructions", "samples", "interpolation", "least_likely")
 CAPTIONED = ("least_likely",)  # pictures with text: shown pixel for pixel, as a zoom blurs text
 # Plot panes (width, height) in pixels; a plot's height is 15·n - 24: Visdom's grid rows are 15
 # pixels (with their margin) and its title bar 14, so that the plot fills whole rows.
-LOSS_SIZE, ACTIVE_SIZE, MAP_SIZE, KL_SIZE = (900, 261), (320, 261), (700, 441), (220, 306)
+LOSS_SIZE, ACTIVE_SIZE = (900, 216), (320, 216)  # 16 rows
+MAP_SIZE, KL_SIZE = (670, 336), (250, 336)  # 24 rows, the traversal's 23 beside them
+# Visdom 0.2 scales an image to one pixel wider than its pane; 0.3 measures the pane less its
+# 2-pixel border, so one pixel narrower. The pane's width is the image's plus this.
+IMAGE_MARGIN = 1 if visdom_version() >= (0, 3) else -1
 MIN_SIDE = 240  # a smaller grid is shown at the integer zoom that makes it at least this big
 # plotly's toolbar keeps zoom, pan and reset: fewer buttons, out of the way of the titles
 TOOLBAR_REMOVED = ["toImage", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"]
@@ -62,14 +79,14 @@ def visdom_client(server: str, port: int, env: str, timeout: float, **options):
 def image_opts(image: torch.Tensor, title: str, min_side: int = MIN_SIDE) -> dict:
     """A grid's window: the image pixel for pixel, at an integer zoom (`min_side` at least).
 
-    Visdom scales an image to one pixel wider than its pane, so the pane is one pixel narrower
-    than the image; and it centres the image in a box one pixel taller than the pane that starts
-    under the 14-pixel title bar, so the pane is the fewest 15-pixel rows that show it whole.
+    Visdom scales an image to the width of its pane plus IMAGE_MARGIN; and it centres the
+    image in a box one pixel taller than the pane that starts under the 14-pixel title bar, so
+    the pane is the fewest 15-pixel rows that show it whole.
     """
     height, width = image.shape[1:]
     zoom = max(1, math.ceil(min_side / max(height, width)))
     rows = math.ceil((zoom * height + 39) / 15)
-    return dict(title=title, width=zoom * width - 1, height=15 * rows - 24)
+    return dict(title=title, width=zoom * width + IMAGE_MARGIN, height=15 * rows - 24)
 
 
 def plot_opts(title: str, details: str, size: tuple[int, int], **opts) -> dict:
@@ -109,6 +126,14 @@ def plot_opts(title: str, details: str, size: tuple[int, int], **opts) -> dict:
         ]
     width, height = size
     return dict(title=title, width=width, height=height, layoutopts={"plotly": layout}, **opts)
+
+
+def axis_range(xy: str, values, pad: float = 0.04) -> dict:
+    """The opts that fix axis `xy` ("x" or "y") to the range of `values`, `pad` of it wider on
+    each side: visdom 0.3's page keeps a replaced plot's first axes unless a message names them."""
+    low, high = float(np.min(values)), float(np.max(values))
+    margin = (high - low) * pad or max(abs(high) * pad, 0.5)
+    return {f"{xy}tickmin": low - margin, f"{xy}tickmax": high + margin}
 
 
 def epoch_ticks(rows: list[dict]) -> int | None:
@@ -284,10 +309,12 @@ class Viewer:
 
     def _send_active_units(self, counted: list[dict]) -> None:
         """The active units per epoch."""
+        units = np.array([row["active_units"] for row in counted])
+        epochs = np.array([row["epoch"] for row in counted])
         self._send(
             "line",
-            np.array([row["active_units"] for row in counted]),
-            np.array([row["epoch"] for row in counted]),
+            units,
+            epochs,
             win="active_units",
             opts=plot_opts(
                 "active latent dimensions",
@@ -297,11 +324,15 @@ class Viewer:
                 xtickstep=epoch_ticks(counted),
                 ylabel="dimensions",
                 ytickstep=1,
+                **axis_range("x", epochs),
+                **axis_range("y", units),
             ),
         )
 
     def _send_losses(self, history: list[dict]) -> None:
         """The loss pane: train and test loss per epoch, and the watched −log p(x) if any."""
+        watched = [row for row in history if "watch_nll" in row]
+        losses = [row[key] for row in history for key in ("train_loss", "test_loss")]
         opts = plot_opts(
             "loss per image",
             "",
@@ -309,6 +340,8 @@ class Viewer:
             legend=["train", "test"],
             xlabel="epoch",
             xtickstep=epoch_ticks(history),
+            **axis_range("x", [row["epoch"] for row in history]),
+            **axis_range("y", losses + [row["watch_nll"] for row in watched]),
         )
         # the legend in one line above the plot, at its right, where the details line would be
         legend = {"orientation": "h", "x": 1, "xanchor": "right", "y": 1, "yanchor": "bottom"}
@@ -320,7 +353,6 @@ class Viewer:
             win="loss",
             opts=opts,
         )
-        watched = [row for row in history if "watch_nll" in row]
         if watched:  # a trace of its own: it has points only on the epochs it was estimated
             self._send(
                 "line",
@@ -346,6 +378,8 @@ class Viewer:
                 markersize=4,
                 xlabel=latent.axis_labels[0],
                 ylabel=latent.axis_labels[1],
+                **axis_range("x", latent.points[:, 0].numpy()),
+                **axis_range("y", latent.points[:, 1].numpy()),
             ),
         )
 
@@ -363,6 +397,10 @@ class Viewer:
             xlabel="latent dimension",
             xtickstep=1 if len(nats) <= 10 else None,
             ylabel="nats",
+            xtickmin=0.5,
+            xtickmax=len(nats) + 0.5,
+            ytickmin=0.0,
+            ytickmax=max(float(nats.max()), 0.0) * 1.05 or 1.0,
         )
         layout = opts["layoutopts"]["plotly"]
         layout.update(showlegend=False, colorway=[ACTIVE_COLOUR, INACTIVE_COLOUR], bargap=0.2)
