@@ -97,7 +97,9 @@ def least_likely(
     digits = test[order.to(test.device)].float().reshape(-1, 28, 28).mul(255).round()
     digits = digits.to(torch.uint8).cpu().numpy()
     picked = labels[order.to(labels.device)].tolist()
-    width, height, pad = 40, 28 + 14, 2  # a cell: the image, and its caption under it
+    # a cell: the image, and its caption under it; 4 cells as wide as a window's title bar
+    # needs for the title on visdom 0.3 (its bar has more buttons)
+    width, height, pad = 48, 28 + 14, 2
     rows = math.ceil(len(order) / LEAST_LIKELY_COLUMNS)
     size = (pad + LEAST_LIKELY_COLUMNS * (width + pad), pad + rows * (height + pad))
     image = Image.new("RGB", size, "white")
@@ -130,7 +132,7 @@ def traversal(
     count = f"{activity.count} of {activity.dims} dims active"
     if rows < activity.count:
         count = f"top {rows} of {activity.count} active"
-    return grid(tiles, steps), f"traversal: {count}, -3..3, epoch {epoch}"
+    return grid(tiles, steps), f"traversal: {count}, epoch {epoch}"
 
 
 @torch.inference_mode()
@@ -144,7 +146,7 @@ def figures(
     shown = {
         "originals": (grid(images, nrow), "test images (fixed)"),
         "reconstructions": (grid(decode(mu), nrow), f"reconstructions, epoch {epoch}"),
-        "samples": (grid(decode(z), nrow), f"samples from the prior, epoch {epoch}"),
+        "samples": (grid(decode(z), nrow), f"prior samples, epoch {epoch}"),
     }
     steps = 10
     if model.latent_dim == 2:
@@ -156,7 +158,7 @@ def figures(
         codes = torch.cartesian_prod(quantiles.flip(0), quantiles)[:, [1, 0]]
         shown["manifold"] = (
             grid(decode(codes), steps),
-            f"latent manifold (prior quantiles), epoch {epoch}",
+            f"latent manifold, epoch {epoch}",
         )
     else:
         shown["traversal"] = traversal(decode, mu[0], activity, epoch, steps)

@@ -109,17 +109,17 @@ def test_the_traversal_sweeps_the_active_dimensions_first_and_fills_every_row():
 
     variance = torch.tensor([0.5, 0.0, 2.0, 0.001])  # rows: dimensions 2, 0 (active), 3, 1
     image, title = traversal(decode, torch.zeros(4), Activity(variance, variance > 0.01), 3, 10)
-    assert title == "traversal: 2 of 4 dims active, -3..3, epoch 3"
+    assert title == "traversal: 2 of 4 dims active, epoch 3"
     assert tuple(image.shape) == (3, 2 + 4 * 30, 2 + 10 * 30)
     assert sweep(image, 0) > 200 and sweep(image, 1) > 200  # the active ones sweep
     assert 0 < sweep(image, 2) < 20 and 0 < sweep(image, 3) < 20  # the others barely change
     assert all((tile(image, row, 0) < 255).any() for row in range(4))  # no white row
     image, title = traversal(decode, torch.zeros(4), Activity(variance, variance > 10), 3, 10)
-    assert title == "traversal: 0 of 4 dims active, -3..3, epoch 3"
+    assert title == "traversal: 0 of 4 dims active, epoch 3"
     assert tuple(image.shape) == (3, 2 + 4 * 30, 2 + 10 * 30)
     variance = torch.linspace(1.0, 2.0, 12)  # 12 active: the 10 most active, every row filled
     image, title = traversal(decode, torch.zeros(12), Activity(variance, variance > 0.01), 3, 10)
-    assert title == "traversal: top 10 of 12 active, -3..3, epoch 3"
+    assert title == "traversal: top 10 of 12 active, epoch 3"
     assert tuple(image.shape) == (3, 2 + 10 * 30, 2 + 10 * 30) and (tile(image, 9, 0) < 255).any()
 
 
@@ -160,14 +160,14 @@ def test_the_least_likely_are_the_highest_losses_highest_first():
     losses = torch.randperm(40).float() + 0.25  # all different: one right order
     image, title = least_likely(test, labels, losses, epoch=5)
     assert title == "least likely, epoch 5"
-    assert tuple(image.shape) == (3, 2 + 4 * 44, 2 + 4 * 42)  # 4 rows of 4 captioned cells
+    assert tuple(image.shape) == (3, 2 + 4 * 44, 2 + 4 * 50)  # 4 rows of 4 captioned cells
     order = losses.argsort(descending=True)[:LEAST_LIKELY]
     for i, index in enumerate(order.tolist()):  # cell i holds test image `index`, unscaled
-        left, top = 2 + (i % 4) * 42 + 6, 2 + (i // 4) * 44
+        left, top = 2 + (i % 4) * 50 + 10, 2 + (i // 4) * 44
         shown = image[0, top : top + 28, left : left + 28]
         assert torch.equal(shown, test[index].reshape(28, 28).mul(255).round().to(torch.uint8))
     few, _ = least_likely(test[:3], labels[:3], losses[:3], epoch=5)  # fewer images than cells
-    assert tuple(few.shape) == (3, 2 + 44, 2 + 4 * 42)
+    assert tuple(few.shape) == (3, 2 + 44, 2 + 4 * 50)
 
 
 def test_the_map_reaches_visdom_with_one_trace_per_class(visdom_server, tmp_path):
