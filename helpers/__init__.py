@@ -15,7 +15,7 @@
     checkpoint   the files: checkpoint.pt (atomic), metrics.jsonl, RNG states
     ctrl_c       Ctrl-C, SIGTERM and SIGHUP: held during a write, a run stopped in one line
     threads      how many CPU threads torch uses while training
-    latent       active units, the latent means and their 2-D map, the KL per dimension
+    latent       active units, the latent means and their 2-D map, the KL bars drawn
     pictures     an epoch's pictures drawn, and written as PNG files
     visdom_page  the Visdom client, the page's layout, the windows sent each epoch
     messages     the lines a run prints
