@@ -3,12 +3,12 @@
     make server    # one terminal: Visdom (without it, the pictures go to PNG files)
     make run       # another (.venv/bin/python main.py); then open http://localhost:8097
 
-This file is the script, in the order a run goes: the loss of a batch, one epoch of training, the
-test pass, then train(): the data, the model and Adam (new, or resumed from a checkpoint), and
-the epochs: train, test, save the checkpoint, show the pictures. main() at the bottom reads the
-flags and picks the mode. The model and its losses are in vae.py; every other piece (flags, data,
-the run folder, the Visdom page, the research options, ...) is in helpers/, one module per
-concern (helpers/__init__.py lists them).
+Read it top to bottom: the pieces first (the loss of a batch, one epoch of training, the test pass),
+then train(), which runs them in the order a run goes: the data, the model and Adam (new, or resumed
+from a checkpoint), and the epochs: train, test, save the checkpoint, push the pictures to Visdom.
+main() at the bottom reads the flags and picks the mode. The model and its losses are in vae.py;
+every other piece (flags, data, the run folder, the Visdom page, the research options, ...) is in
+helpers/, one module per concern (helpers/__init__.py lists them).
 """
 
 import sys
@@ -78,7 +78,7 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
     model = models.build_model(args, device)
     optimizer = models.build_optimizer(model, args)
     if checkpoint:  # resumed: the weights, Adam's state, the random generators, the epochs done
-        models.restore(model, optimizer, checkpoint, args)
+        models.restore(model, optimizer, checkpoint, args)  # and the lr: --lr, or the schedule's
         set_rng_state(checkpoint["rng"], device)
         folder.continue_from(checkpoint)  # metrics.jsonl cut back to the checkpoint's epoch
     else:  # new: the decoder starts at the training set's mean image
@@ -105,9 +105,9 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
             train_loss = train_epoch(model, optimizer, loss_fn, batches)
             seconds = time.perf_counter() - tick
             # test
-            tested, test_pass = test(model, splits.test, args, epoch)
+            test_metrics, test_pass = test(model, splits.test, args, epoch)
             lr = optimizer.param_groups[0]["lr"]
-            metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **tested}
+            metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, **test_metrics}
             metrics.update(
                 epoch_seconds=seconds,
                 eval_seconds=time.perf_counter() - tick - seconds,
@@ -116,10 +116,10 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
                 threads=threads.epoch_threads(),
             )
             print(messages.epoch_line(args, metrics))
-            # save: the checkpoint with its metrics line, written by another thread from a copy
-            folder.save_epoch(model, optimizer, args, metrics, device)
-            # show: the pictures drawn now, pushed to Visdom (or PNG files) by that thread
-            viewer.show_epoch(model, epoch, folder.history, test_pass)
+            # the checkpoint with its metrics line, written by another thread from a copy
+            folder.save_checkpoint(model, optimizer, args, metrics, device)
+            # the pictures, drawn now, pushed to Visdom (or written as PNGs) by that thread
+            viewer.push_pictures(model, epoch, folder.history, test_pass)
     finally:  # done, stopped or failed: the writes in flight end, the last pictures go to PNGs
         try:
             folder.finish()
@@ -139,7 +139,9 @@ def main(argv: list[str]) -> int:
     2 a bad flag or checkpoint; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the last finished epoch is
     kept)."""
     startup.after_imports()  # the collector on again; denormal floats flushed (helpers/startup.py)
-    args, checkpoint = settings.resolve(argv)  # a bad flag exits here, before any work
+    # the flags, with the checkpoint's that --resume, --evaluate or --generate names (loaded here);
+    # a bad flag or checkpoint exits here, before any work
+    args, checkpoint = settings.resolve(argv)
     folder = RunFolder.prepare(args)  # a run folder is one run's: locked, or refused in one line
     device = settings.pick_device(args.device)
     if args.threads:

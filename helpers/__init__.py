@@ -11,10 +11,11 @@
     schedules    the learning rate at each step
     likelihood   the test loss, importance-weighted estimates of log p(x), the IWAE bound
     runfiles     the run folder, each epoch saved into it by a writer thread
+    run_lock     one process at a time in a run folder: <out>/run.lock
     checkpoint   the files: checkpoint.pt (atomic), metrics.jsonl, RNG states
-    ctrl_c       Ctrl-C held during a write, and one that Python drops still stopping a loop
+    ctrl_c       Ctrl-C, SIGTERM and SIGHUP: held during a write, a run stopped in one line
     threads      how many CPU threads torch uses while training
-    latent       active units, the latent means and their 2-D map
+    latent       active units, the latent means and their 2-D map, the KL bars drawn
     pictures     an epoch's pictures drawn, and written as PNG files
     visdom_page  the Visdom client, the page's layout, the windows sent each epoch
     messages     the lines a run prints

@@ -137,7 +137,12 @@ def build_parser() -> Parser:
         "--beta", type=positive(float, allow_zero=True), default=1.0, help="weight of the KL term"
     )
     tutorial.add_argument("--latent-dim", type=positive(int), default=10, help="latent dimensions")
-    tutorial.add_argument("--seed", type=seed, default=0, help="seed for everything random")
+    tutorial.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help="seed for everything random (the binarized test set has a fixed seed of its own)",
+    )
     tutorial.add_argument(
         "--data-dir",
         default="./data",
@@ -326,7 +331,8 @@ def build_parser() -> Parser:
     research.add_argument(
         "--eval-k",
         type=positive(int),
-        help="importance samples for a log-likelihood estimate after training",
+        help="importance samples for a log-likelihood estimate after training (default: "
+        "none; --evaluate: 5000)",
     )
     for action in p._actions:  # every help ends with its default (0 too, unlike False: `is`)
         unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))

@@ -1,7 +1,7 @@
 """The research options, behind one seam: what they make of main.py's loss and of Adam's step.
 
-A run without them trains with main.py's loss_function (the negative ELBO) and plain Adam, and
-never comes here for more than two calls that hand both back unchanged:
+A run without them trains with main.py's loss_function (the negative ELBO; wrapped in an
+autocast that is off) and plain Adam (no hooks on its step). The two calls main.py makes:
 
 - training_loss: --objective iwae (the importance-weighted bound, Burda et al. 2015) or --stl
   (sticking the landing, Roeder et al. 2017) in place of the ELBO; --amp runs it in bf16,

@@ -175,7 +175,7 @@ class RunFolder:
         """<out>/args.json: a new run's flags (a resumed run's follow its checkpoints)."""
         disk_write(write_atomically, self.out / "args.json", args_text(vars(args)))
 
-    def save_epoch(
+    def save_checkpoint(
         self, model: VAE, optimizer: torch.optim.Adam, args: Namespace, metrics: dict, device
     ) -> None:
         """Add the epoch's metrics to the history; write its checkpoint and metrics line (both, or

@@ -219,7 +219,7 @@ class Viewer:
         viewer.labels, viewer.names, viewer.writer = labels, names, writer
         return viewer
 
-    def show_epoch(self, model, epoch: int, history: list[dict], tested: TestPass) -> None:
+    def push_pictures(self, model, epoch: int, history: list[dict], tested: TestPass) -> None:
         """Draw the epoch's pictures now, from the model as it is and its test pass; send them
         with the curves of `history` to Visdom (or write them as PNG files) on the writer's
         thread, after the checkpoint, while the next epoch trains."""

@@ -65,8 +65,7 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
         "--out",
         str(out),
     ]
-    deadline = time.monotonic() + 150
-    while kills < 10 and time.monotonic() < deadline:
+    while kills < 10:  # ten kills, however long they take (each step waits for a state)
         before = torch.load(checkpoint, weights_only=True)["epoch"] if checkpoint.exists() else 0
         if before >= epochs - 2:
             break

@@ -552,7 +552,7 @@ def test_help_and_flag_errors_answer_before_torch_loads():
 
 def test_help_gives_every_default_zero_included():
     text = " ".join(flags.build_parser().format_help().split())  # argparse wraps the lines
-    assert "seed for everything random (default: 0)" in text
+    assert "a fixed seed of its own) (default: 0)" in text  # --seed: 0 is shown
     assert "(default: False)" not in text  # switches have no default to show
 
 
