@@ -51,7 +51,9 @@ def appeared(path, run: subprocess.Popen):
 def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_dir, tmp_path):
     out = tmp_path / "run"
     checkpoint = out / "checkpoint.pt"
-    epochs, rng, kills = 60, random.Random(0), 0
+    # more epochs than the runs can train before their kills, however fast the machine: a run
+    # that finished them all would leave nothing to resume
+    epochs, rng, kills = 10_000, random.Random(0), 0
     flags = [
         "--epochs",
         str(epochs),
@@ -93,22 +95,16 @@ def test_kill_9_at_random_moments_never_leaves_a_bad_checkpoint_or_metrics(data_
         kills += 1
         assert torch.load(checkpoint, weights_only=True)["epoch"] >= before  # always loads
     assert kills >= 6
+    last = torch.load(checkpoint, weights_only=True)["epoch"] + 2  # two epochs more, unkilled
     finish = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "main.py"),
-            "--resume",
-            str(checkpoint),
-            "--epochs",
-            str(epochs),
-        ],
+        [sys.executable, str(ROOT / "main.py"), "--resume", str(checkpoint), "--epochs", str(last)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert finish.returncode == 0, finish.stderr
     rows = metrics(out)
-    assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
+    assert [row["epoch"] for row in rows] == list(range(1, last + 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
