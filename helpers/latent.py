@@ -99,6 +99,11 @@ def latent_map(
     return LatentMap(points.cpu(), labels.cpu(), names, title, details, axis_labels)
 
 
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL RGB image drawn here as a uint8 tensor [3,H,W], as the grids are."""
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
 # matplotlib's tab10, one colour per class
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -133,7 +138,7 @@ def map_image(latent: LatentMap, size: tuple[int, int] = (700, 560)) -> torch.Te
         y = top + 10 + 20 * index
         draw.ellipse((right + 14, y - 4, right + 22, y + 4), fill=PALETTE[index % len(PALETTE)])
         draw.text((right + 30, y), name, fill="black", font=font, anchor="lm")
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    return image_tensor(image)
 
 
 @dataclass(frozen=True)
@@ -183,4 +188,4 @@ def kl_image(kl: DimensionKL, size: tuple[int, int] = (480, 300)) -> torch.Tenso
         if dims <= 20 or (u + 1) % 5 == 0:  # the number, grey for an inactive dimension
             colour = "black" if active else INACTIVE_COLOUR
             draw.text(((x0 + x1) / 2, bottom + 4), str(u + 1), colour, font, "mt")
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    return image_tensor(image)

@@ -101,12 +101,10 @@ def saved_so_far(out: Path, epochs: int, args: Namespace) -> str:
     if not epochs:
         return "nothing was saved yet (the first epoch had not finished)"
     checkpoint = out / "checkpoint.pt"
+    how = go_on(args, checkpoint, epochs)
     if epochs >= args.epochs:
-        return f"{checkpoint} holds epoch {epochs}, the last; {go_on(args, checkpoint, epochs)}"
-    return (
-        f"{checkpoint} holds epoch {epochs}. "
-        f"Resume with: {main_command()} --resume {shlex.quote(str(checkpoint))}"
-    )
+        return f"{checkpoint} holds epoch {epochs}, the last; {how}"
+    return f"{checkpoint} holds epoch {epochs}. {how[:1].upper()}{how[1:]}"  # "Resume with: …"
 
 
 def interrupted(args: Namespace, folder, by: str = "Ctrl-C") -> str:

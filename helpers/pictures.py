@@ -10,7 +10,6 @@ from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
@@ -20,6 +19,7 @@ from helpers.latent import (
     DimensionKL,
     LatentMap,
     dimension_kl,
+    image_tensor,
     kl_image,
     latent_map,
     map_image,
@@ -111,8 +111,7 @@ def least_likely(
         image.paste(Image.fromarray(digits[i]).convert("RGB"), (left + (width - 28) // 2, top))
         caption = f"{label}: {float(losses[index]):.1f}"
         draw.text((left + width // 2, top + 29), caption, fill="black", font=font, anchor="mt")
-    picture = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
-    return picture, f"least likely, epoch {epoch}"
+    return image_tensor(image), f"least likely, epoch {epoch}"
 
 
 def traversal(
