@@ -273,6 +273,7 @@ def worker(options) -> None:
     """One of side_by_side's two runs: each job after a warm-up and a `go` on stdin."""
     args = flags.build_parser().parse_args(shlex.split(options.flags))
     device, root = torch.device("cpu"), Path(options.data_dir)
+    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
     pixels = to_pixels(load_images("mnist", root, True), device)
 
     def ready() -> None:
@@ -587,6 +588,7 @@ def run() -> None:
 def measure(args, root: Path, real: bool, options) -> None:
     """Every row: conditions, FLOP bound, variants and profile if asked, time to quality."""
     device = torch.device("cpu")  # the conditions are about CPU threads; a GPU's loop has no policy
+    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
     train = to_pixels(load_images("mnist", root, True), device)
     default_batch = flags.build_parser().get_default("batch_size")
     condition_rows(
@@ -651,6 +653,7 @@ def gpu_section(args, root: Path, real: bool, options) -> None:
     main.py runs it split into training and the rest, and the time to quality. The device is
     synchronized around the timed regions only (train_epoch reads its losses every 50 steps)."""
     device = torch.device("cuda")
+    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
     print(f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}", flush=True)
     train = to_pixels(load_images("mnist", root, True), device)
     for batch in GPU_BATCHES:

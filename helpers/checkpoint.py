@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from helpers.ctrl_c import ctrl_c_held
-from helpers.flags import build_parser
+from helpers.flags import INVOCATION_FLAGS, build_parser
 
 CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "args", "rng", "history"}
 DEFAULTS = vars(build_parser().parse_args([]))  # each flag's default: its kind in a checkpoint
@@ -69,6 +69,8 @@ def wrong_types(state: dict) -> str | None:
         if not isinstance(state[key], dict):
             return f"{key} is a {type(state[key]).__name__}, not a dict"
     for flag, value in state["args"].items():
+        if flag in INVOCATION_FLAGS:  # never read from a checkpoint (amp: what ran, a bool)
+            continue
         default = DEFAULTS.get(flag)
         if default is not None and value is not None and not _same_kind(value, default):
             return f"its flag {flag} is {value!r}, not a {type(default).__name__}"

@@ -34,6 +34,7 @@ INVOCATION_FLAGS = ("device", "threads", "compile", "amp")
 SCHEDULE_FLAGS = ("lr", "lr_schedule", "lr_floor", "warmup_epochs")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "burda")
 OBJECTIVES = ("elbo", "iwae")
+AMP_MIN_WIDTH = 256  # --amp auto: narrower hidden layers gain nothing from bf16 (docs/speed.md)
 
 
 def positive(kind: type, allow_zero: bool = False):
@@ -238,8 +239,21 @@ def build_parser() -> Parser:
     )
     speed.add_argument(
         "--amp",
-        action="store_true",
-        help="bf16 autocast for the forward pass (CUDA, or a CPU with bf16 units)",
+        nargs="?",
+        const="on",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast for the training step's forward pass; auto: on where torch reports "
+        f"native bf16 (CUDA, or a CPU with bf16 units) and every hidden layer has at least "
+        f"{AMP_MIN_WIDTH} units, where it pays (docs/speed.md); --amp alone: on",
+    )
+    speed.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_const",
+        const="off",
+        default=argparse.SUPPRESS,
+        help="float32 throughout (as --amp off)",
     )
 
     research = p.add_argument_group("research options (docs/results.md)")
@@ -261,6 +275,12 @@ def build_parser() -> Parser:
         action="store_true",
         help="sticking the landing (Roeder et al. 2017): the encoder's gradient "
         "without log q's score term; the ELBO then uses a one-sample KL",
+    )
+    research.add_argument(
+        "--dreg",
+        action="store_true",
+        help="for --objective iwae: doubly reparameterized gradients (Tucker et al. 2018), the "
+        "encoder's without the score term and weighted by the squared importance weights",
     )
     research.add_argument(
         "--lr-schedule",
@@ -359,6 +379,8 @@ def check(args: argparse.Namespace) -> None:
     """Fail as for a bad flag on combinations that make no sense (after a checkpoint's merge)."""
     if (args.objective == "iwae" or args.stl) and args.beta != 1:
         fail(f"--objective iwae and --stl bound log p(x) only with --beta 1, got {args.beta}")
+    if args.dreg and args.objective != "iwae":
+        fail("--dreg is a gradient of the IWAE bound: give it with --objective iwae")
     if args.warmup_epochs >= args.epochs:
         fail(f"--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}")
     training = not (args.evaluate or args.generate)  # the modes without training send nothing

@@ -45,6 +45,8 @@ def training_options(args: Namespace) -> str:
         f"gradient norm clipped at {args.clip_grad}": args.clip_grad,
         f"IWAE k={args.train_k}": args.objective == "iwae",
         "sticking the landing": args.stl,
+        "DReG gradients": args.dreg,
+        "bf16 autocast": args.amp is True,
         f"−log p(x) k={args.watch_k} every {args.watch_every} epochs": args.watch_every,
     }
     return "".join(f", {option}" for option, shown in options.items() if shown)

@@ -3,8 +3,10 @@
 A run without them trains with main.py's loss_function (the negative ELBO; wrapped in an
 autocast that is off) and plain Adam (no hooks on its step). The two calls main.py makes:
 
-- training_loss: --objective iwae (the importance-weighted bound, Burda et al. 2015) or --stl
-  (sticking the landing, Roeder et al. 2017) in place of the ELBO; --amp runs it in bf16,
+- bf16_pays: what --amp auto means on this device for this model;
+- training_loss: --objective iwae (the importance-weighted bound, Burda et al. 2015; its encoder
+  gradient doubly reparameterized with --dreg, Tucker et al. 2018) or --stl (sticking the
+  landing, Roeder et al. 2017) in place of the ELBO; --amp runs it in bf16,
   --compile compiles it with the model;
 - adjust_adam_steps: before each step of Adam, the lr of --lr-schedule and --warmup-epochs
   (schedules.py) and the gradient's norm clipped to --clip-grad.
@@ -19,17 +21,32 @@ import torch
 
 from helpers import schedules
 from helpers.batches import steps_per_epoch
+from helpers.flags import AMP_MIN_WIDTH
 from helpers.likelihood import negative_iw_bound
 from vae import VAE
 
 Loss = Callable[[VAE, torch.Tensor, Namespace], torch.Tensor]
 
 
+def bf16_pays(amp: str, hidden: list[int], device: torch.device) -> bool:
+    """Whether the training step runs in bf16 autocast: --amp on or off as given; auto: where torch
+    reports native bf16 (CUDA; a CPU whose oneDNN has bf16 kernels) and every hidden layer has
+    at least AMP_MIN_WIDTH units (narrower matmuls are too small to gain: docs/speed.md)."""
+    if amp != "auto":
+        return amp == "on"
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return native and min(hidden) >= AMP_MIN_WIDTH
+
+
 def importance_weighted_loss(model: VAE, x: torch.Tensor, args: Namespace) -> torch.Tensor:
-    """−(the IWAE bound) with --train-k samples; with --stl alone, k = 1: the ELBO with a one-sample
-    KL, whose encoder gradient drops the score term."""
+    """−(the IWAE bound) with --train-k samples, its encoder gradient as --stl or --dreg say;
+    with --stl alone, k = 1: the ELBO with a one-sample KL, whose encoder gradient drops the score
+    term."""
     k = args.train_k if args.objective == "iwae" else 1
-    return negative_iw_bound(model, x, k, args.likelihood, args.stl)
+    return negative_iw_bound(model, x, k, args.likelihood, args.stl, dreg=args.dreg)
 
 
 def training_loss(args: Namespace, elbo: Loss) -> Callable[[VAE, torch.Tensor], torch.Tensor]:

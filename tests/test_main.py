@@ -166,7 +166,7 @@ def test_ctrl_c_in_evaluate_or_generate_says_what_it_stopped(
     checkpoint = out / "checkpoint.pt"
     before = metrics(out)
     ctrl_c = lambda *args, **kwargs: signal.raise_signal(signal.SIGINT)  # noqa: E731
-    monkeypatch.setattr(likelihood, "mean_log_likelihood", ctrl_c)
+    monkeypatch.setattr(likelihood, "per_image_log_likelihood", ctrl_c)
     monkeypatch.setattr(no_training, "save_pngs", ctrl_c)
     assert main.main([mode, str(checkpoint)]) == 130
     printed = capsys.readouterr().out
@@ -225,7 +225,7 @@ def test_a_checkpoint_from_a_gpu_machine_evaluates_and_resumes_here(
     write_mnist(laptop / "data" / "MNIST" / "raw")
     monkeypatch.chdir(laptop)
     args = settings.resolve(["--evaluate", checkpoint])[0]
-    assert (args.device, args.threads, args.compile, args.amp) == ("auto", None, False, False)
+    assert (args.device, args.threads, args.compile, args.amp) == ("auto", None, False, "auto")
     assert args.data_dir == str(laptop / "data")  # ./data here, kept absolute
     assert f"--data-dir {gone} holds no mnist here: reading ./data" in capsys.readouterr().out
     assert main.main(["--evaluate", checkpoint, "--eval-k", "5"]) == 0
@@ -458,6 +458,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(device, options, mon
     made through those methods, from Python; not a sync inside one of torch's own kernels.)"""
     device = torch.device(device)
     args = flags.parse([*options, "--batch-size", "4"])
+    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
     pixels = torch.rand(4 * 129 + 2, 784, device=device)  # 130 steps, the last of 2 images
     model = models.build_model(args, device)
     optimizer = models.build_optimizer(model, args)
@@ -513,7 +514,8 @@ def test_compiled_loss_matches_the_eager_one_and_amp_computes_in_bf16():
     torch.manual_seed(0)
     model = VAE()
     x = torch.rand(32, 784)
-    args, eager_args = flags.parse(["--compile"]), flags.parse([])
+    args, eager_args = flags.parse(["--compile", "--no-amp"]), flags.parse(["--no-amp"])
+    args.amp = eager_args.amp = False  # main() turns "off" into False
     compiled = research.training_loss(args, main.loss_function)  # main.py's own way to it
     eager_loss = research.training_loss(eager_args, main.loss_function)
 

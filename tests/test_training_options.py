@@ -72,6 +72,29 @@ def test_sticking_the_landing_changes_only_the_encoders_gradient(k):
     assert all(not torch.allclose(a, b) for a, b in zip(encoder, stl_encoder, strict=True))
 
 
+def test_dreg_gradients_average_to_the_iwae_bounds_and_sticking_the_landings_do_not():
+    """Over many ε, DReG's encoder gradient averages to the IWAE bound's own (unbiased, Tucker et
+    al. 2018); STL's does not for k > 1. The decoder's gradient is the bound's, ε for ε; with k = 1
+    DReG is STL."""
+    torch.manual_seed(0)
+    model, x = VAE(hidden=(32,), latent_dim=3), binary_images(8).repeat(4000, 1)
+
+    def gradients(k: int, **estimator) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same ε for each estimator
+        negative_iw_bound(model, x, k, "bernoulli", **estimator).backward()
+        flat = lambda part: torch.cat([p.grad.flatten() for p in part.parameters()])  # noqa: E731
+        return flat(model.encoder), flat(model.decoder)
+
+    (iwae, decoder), (dreg, dreg_decoder), (stl, _) = (
+        gradients(5, **estimator) for estimator in ({}, {"dreg": True}, {"stl": True})
+    )
+    distance = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert distance(dreg, iwae) < 0.1 and distance(stl, iwae) > 0.3
+    torch.testing.assert_close(dreg_decoder, decoder)
+    torch.testing.assert_close(gradients(1, dreg=True), gradients(1, stl=True))
+
+
 def test_batch_loss_follows_the_objective_flags():
     torch.manual_seed(0)
     model, x = VAE(hidden=(32,), latent_dim=3), binary_images(16)
@@ -82,6 +105,7 @@ def test_batch_loss_follows_the_objective_flags():
 
     def loss(*argv: str) -> float:
         args = flags.parse(["--likelihood", "bernoulli", *argv])
+        args.amp = research.bf16_pays(args.amp, args.hidden, torch.device("cpu"))  # as main()
         return seeded(lambda: research.training_loss(args, main.loss_function)(model, x))
 
     def elbo():
@@ -91,6 +115,7 @@ def test_batch_loss_follows_the_objective_flags():
     assert loss() == seeded(elbo)
     iwae = seeded(lambda: negative_iw_bound(model, x, 7, "bernoulli"))
     assert loss("--objective", "iwae", "--train-k", "7") == iwae
+    assert loss("--objective", "iwae", "--train-k", "7", "--dreg") == iwae  # its gradient differs
     assert loss("--stl") == seeded(lambda: negative_iw_bound(model, x, 1, "bernoulli"))
 
 
@@ -130,6 +155,7 @@ def test_clipping_bounds_the_gradient_norm_of_every_step():
 
     def step_norms(*argv: str) -> list[float]:
         args = flags.parse(["--likelihood", "bernoulli", "--batch-size", "32", *argv])
+        args.amp = research.bf16_pays(args.amp, args.hidden, torch.device("cpu"))  # as main()
         model = models.build_model(args, torch.device("cpu"))
         optimizer = models.build_optimizer(model, args)
         norms = []
@@ -168,6 +194,32 @@ def test_the_defaults_train_as_before():
     assert objective == ("elbo", False, 0, None)
 
 
+def test_bf16_is_on_where_it_is_native_and_the_model_wide_enough(data_dir, tmp_path, capsys):
+    cpu = torch.device("cpu")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # this CPU's oneDNN has bf16 kernels
+    wide, narrow = [flags.AMP_MIN_WIDTH] * 2, [flags.AMP_MIN_WIDTH, flags.AMP_MIN_WIDTH - 1]
+    parsed = [flags.parse(argv).amp for argv in ([], ["--amp"], ["--no-amp"], ["--amp", "off"])]
+    assert parsed == ["auto", "on", "off", "off"]
+    assert research.bf16_pays("auto", wide, cpu) is native
+    assert research.bf16_pays("auto", narrow, cpu) is False
+    assert research.bf16_pays("auto", flags.parse([]).hidden, cpu) is False  # the tutorial's
+    assert (research.bf16_pays("on", narrow, cpu), research.bf16_pays("off", wide, cpu)) == (
+        True,
+        False,
+    )
+    # a run says so in its first line, and trains in bf16 (a float32 run differs)
+    hidden = ["--hidden", f"{flags.AMP_MIN_WIDTH},{flags.AMP_MIN_WIDTH}", "--epochs", "1"]
+    losses = {}
+    for amp in ("auto", "off"):
+        out = tmp_path / amp
+        common = [*QUICK, *hidden, "--data-dir", str(data_dir), "--threads", "1"]
+        assert main.main([*common, "--amp", amp, "--out", str(out)]) == 0
+        first_line = capsys.readouterr().out.splitlines()[0]
+        assert ("bf16 autocast" in first_line) is (native and amp == "auto")
+        losses[amp] = metrics(out)[0]["train_loss"]
+    assert (losses["auto"] != losses["off"]) is native
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -181,6 +233,7 @@ def test_the_defaults_train_as_before():
         (["--watch-k", "x"], "--watch-k: 'x' is not a int"),
         (["--objective", "iwae", "--beta", "0.5"], "only with --beta 1"),
         (["--stl", "--beta", "2"], "only with --beta 1"),
+        (["--dreg"], "--dreg is a gradient of the IWAE bound: give it with --objective iwae"),
         (["--warmup-epochs", "3", "--epochs", "3"], "--warmup-epochs 3.0 must be below --epochs 3"),
     ],
 )
