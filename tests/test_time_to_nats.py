@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import DEVICES, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import time_to_nats
@@ -17,11 +19,21 @@ def benchmark(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_seeds_run_in_turn_into_a_table_and_a_second_call_reports_them(data_dir, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_seeds_run_in_turn_into_a_table_and_a_second_call_reports_them(device, data_dir, tmp_path):
     out = tmp_path / "nats"
     flags = f"--flags={TINY} --eval-k 20"
     first = benchmark(
-        "--seeds", "0,1", "--data-dir", str(data_dir), "--out", str(out), flags, cwd=tmp_path
+        "--seeds",
+        "0,1",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        flags,
+        "--device",
+        device,
+        cwd=tmp_path,
     )
     assert first.returncode == 0, first.stderr[-2000:]
     rows = [line for line in first.stdout.splitlines() if line.startswith("| quick | ")]
@@ -31,6 +43,7 @@ def test_seeds_run_in_turn_into_a_table_and_a_second_call_reports_them(data_dir,
         assert sorted(map(int, record["epoch_wall_seconds"])) == [1, 2, 3, 4]
         assert record["command"].startswith("python main.py --likelihood bernoulli")
         assert f"--seed {seed} " in record["command"] and "--eval-k 20" in record["command"]
+        assert json.loads((out / f"seed-{seed}" / "args.json").read_text())["device"] == device
     # the tiny model is far from every mark; its final estimate is k=20's
     assert all(row.count(" — ") == 3 and "(k=20)" in row for row in rows)
 
