@@ -52,8 +52,9 @@ class Recipe:
 
 RECIPES = {
     "quick": Recipe(
-        "86.76 (Burda et al.'s VAE, 3280 epochs) within 15 minutes on 2 CPU cores: 784-500-500-100,"
-        " sticking the landing, a cosine lr over 360 epochs, bf16 where the hardware has it",
+        "aims at 86.76 (Burda et al.'s VAE, 3280 epochs) within 15 minutes on 2 CPU cores: "
+        "784-500-500-100, sticking the landing, a cosine lr over 360 epochs, bf16 where the "
+        "hardware has it (docs/results.md: how often it gets there)",
         "--hidden 500,500 --latent-dim 100 --activation relu --decoder-activation leaky_relu "
         "--batch-size 250 --lr 1e-3 --adam-eps 1e-4 --clip-grad 5 --stl --lr-schedule cosine "
         "--lr-floor 0.1 --epochs 360 --watch-every 10",

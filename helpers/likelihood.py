@@ -175,8 +175,8 @@ def per_image_log_likelihood(model, pixels, args, k: int, progress: str | None =
     from the device before the end."""
     model.eval()
     generator = torch.Generator(device=pixels.device).manual_seed(args.seed)
-    # on a CPU, chunks of 20 samples of 100 images (2,000 rows a layer) stay in its caches: a
-    # third faster than 500 (docs/speed.md); a GPU wants the larger chunks
+    # on a CPU, chunks of 20 samples of 100 images (2,000 rows a layer) stay in its caches
+    # (docs/speed.md, "The k=5000 estimate"); a GPU wants larger ones
     chunk = 20 if pixels.device.type == "cpu" else 500
     batches = pixels.split(100)
     estimates = [
