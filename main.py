@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     args, checkpoint = settings.resolve(argv)
     folder = RunFolder.prepare(args)  # a run folder is one run's: locked, or refused in one line
     device = settings.pick_device(args.device)
-    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # auto: where bf16 is native
+    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # auto: where bf16 pays
     if args.threads:
         torch.set_num_threads(args.threads)  # in training, threads.ThreadTuner keeps it
     torch.manual_seed(args.seed)  # seeded once: every draw of the run follows from --seed

@@ -68,6 +68,13 @@ def synthetic_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) -> 
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
 
 
+def project_args(flags_text: str, device: torch.device) -> argparse.Namespace:
+    """The project's settings from --flags, bf16 decided for `device` as main() decides it."""
+    args = flags.build_parser().parse_args(shlex.split(flags_text))
+    args.amp = research.bf16_pays(args.amp, args.hidden, device)
+    return args
+
+
 def fresh(args: argparse.Namespace, device: torch.device) -> tuple[VAE, torch.optim.Adam]:
     """A new model and optimizer, seeded as main.py seeds a run."""
     torch.manual_seed(args.seed)
@@ -271,9 +278,8 @@ def side_by_side(jobs: list[tuple[str, int]], options) -> list[dict]:
 
 def worker(options) -> None:
     """One of side_by_side's two runs: each job after a warm-up and a `go` on stdin."""
-    args = flags.build_parser().parse_args(shlex.split(options.flags))
     device, root = torch.device("cpu"), Path(options.data_dir)
-    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
+    args = project_args(options.flags, device)
     pixels = to_pixels(load_images("mnist", root, True), device)
 
     def ready() -> None:
@@ -555,7 +561,7 @@ def run() -> None:
         options.rounds, options.epochs, options.dataloader_epochs = 1, 1, 1
         options.busy_limit, options.dataloader_limit = 120.0, 1.0
 
-    args = flags.build_parser().parse_args(shlex.split(options.flags))  # the project's settings
+    args = project_args(options.flags, torch.device("cuda" if options.gpu else "cpu"))
     root = Path(options.data_dir)
     real = not options.quick and all(
         (raw_folder("mnist", root) / name).exists()
@@ -588,7 +594,6 @@ def run() -> None:
 def measure(args, root: Path, real: bool, options) -> None:
     """Every row: conditions, FLOP bound, variants and profile if asked, time to quality."""
     device = torch.device("cpu")  # the conditions are about CPU threads; a GPU's loop has no policy
-    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
     train = to_pixels(load_images("mnist", root, True), device)
     default_batch = flags.build_parser().get_default("batch_size")
     condition_rows(
@@ -653,7 +658,6 @@ def gpu_section(args, root: Path, real: bool, options) -> None:
     main.py runs it split into training and the rest, and the time to quality. The device is
     synchronized around the timed regions only (train_epoch reads its losses every 50 steps)."""
     device = torch.device("cuda")
-    args.amp = research.bf16_pays(args.amp, args.hidden, device)  # as main() decides it
     print(f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}", flush=True)
     train = to_pixels(load_images("mnist", root, True), device)
     for batch in GPU_BATCHES:

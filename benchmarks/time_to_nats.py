@@ -28,7 +28,6 @@ import os
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from wall_time import start_main
+
 from helpers.checkpoint import read_metrics
 
 MARKS = {86.76: "Burda et al.'s VAE", 85.54: "IWAE k=5", 84.78: "IWAE k=50"}
@@ -75,11 +76,10 @@ def main_flags(
 def launch(argv: list[str], out: Path) -> tuple[dict[int, float], float]:
     """Run main.py with `argv` in a process of its own, passing its output through: the wall
     seconds from the launch to each epoch's line, and to its end. A run that fails ends this."""
-    command = [sys.executable, str(ROOT / "main.py"), *argv]
-    print(f"$ {shlex.join(command)}", flush=True)
+    print(f"$ {shlex.join([sys.executable, str(ROOT / 'main.py'), *argv])}", flush=True)
     start = time.perf_counter()
     epoch_wall = {}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
+    with start_main(argv) as process:
         try:
             for line in process.stdout:
                 if line.startswith("epoch "):  # "epoch 12/360: train ..."
@@ -130,11 +130,11 @@ def compare_amp(recipe_name: str, epochs: int, options: argparse.Namespace) -> s
         "test −ELBO | watched −log p(x) (k=100, 1,000 images) |",
         "|---|---|---|---|---|",
     ]
+    name = f"{recipe_name} {options.flags}".strip()
     for amp, runs in rows.items():
         seconds, elbo, watched = (
             ", ".join(f"{value:.2f}" for value in column) for column in zip(*runs)
         )
-        name = f"{recipe_name} {options.flags}".strip()
         lines.append(f"| {name} | {amp} | {seconds} | {elbo} | {watched} |")
     return "\n".join(lines)
 
@@ -162,7 +162,6 @@ def result(out: Path, record: dict) -> dict:
         "start_seconds": wall[epochs[0]["epoch"]] - epochs[0]["elapsed_seconds"],
         "eval_minutes": final["eval_seconds"] / 60,
         "wall_minutes": record["wall_seconds"] / 60,
-        "gap": gap,
     }
 
 

@@ -60,17 +60,22 @@ def visdom_server(folder: Path, port: int) -> subprocess.Popen:
     raise SystemExit("error: the Visdom server did not answer within 60 s")
 
 
-def timed_run(argv: list[str], target: float) -> dict:
-    """Run main.py with `argv`; the wall time, its parts and the time to quality."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    process = subprocess.Popen(
+def start_main(argv: list[str], **popen) -> subprocess.Popen:
+    """main.py with `argv` in a process of its own, as a user types it; its stdout a pipe whose
+    lines come as they are printed (unbuffered: a piped stdout would come in blocks)."""
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), *argv],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **popen,
     )
+
+
+def timed_run(argv: list[str], target: float) -> dict:
+    """Run main.py with `argv`; the wall time, its parts and the time to quality."""
+    start = time.perf_counter()
+    process = start_main(argv, stderr=subprocess.DEVNULL)
     first = last = done = quality = None
     for line in process.stdout:
         now = time.perf_counter() - start

@@ -169,7 +169,9 @@ def test_loss(model, pixels, args: Namespace, batch: int = 5000) -> TestLoss:
 
 
 @torch.inference_mode()
-def per_image_log_likelihood(model, pixels, args, k: int, progress: str | None = None):
+def per_image_log_likelihood(
+    model, pixels, args, k: int, progress: str | None = None
+) -> torch.Tensor:
     """Importance-weighted log p(x) with k samples of each image of `pixels` ([N], on the CPU),
     the same ε every call (seeded); with a progress bar titled `progress`. Nothing is read back
     from the device before the end."""
