@@ -115,9 +115,10 @@ def train(args: Namespace, checkpoint: dict | None, folder: RunFolder, device: t
                 train_images_per_second=len(splits.train) / seconds,
                 threads=threads.epoch_threads(),
             )
-            print(messages.epoch_line(args, metrics))
-            # the checkpoint with its metrics line, written by another thread from a copy
+            # the checkpoint with its metrics line, written by another thread from a copy; then
+            # the epoch's line (a stop after it still finds the epoch saved)
             folder.save_checkpoint(model, optimizer, args, metrics, device)
+            print(messages.epoch_line(args, metrics))
             # the pictures, drawn now, pushed to Visdom (or written as PNGs) by that thread
             viewer.push_pictures(model, epoch, folder.history, test_pass)
     finally:  # done, stopped or failed: the writes in flight end, the last pictures go to PNGs

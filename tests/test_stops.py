@@ -85,6 +85,17 @@ def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(data_dir, tmp_path, signum
     assert metrics(out)[-1]["epoch"] == saved + 1
 
 
+def test_ctrl_c_right_after_an_epochs_line_keeps_that_epoch(data_dir, tmp_path):
+    out = tmp_path / "run"
+    process = start(*LONG, "--data-dir", str(data_dir), "--out", str(out))
+    while not (line := process.stdout.readline()).startswith("epoch 2/"):
+        assert line, "the run ended before its second epoch"
+    stdout, stderr = finish(process, signal.SIGINT)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
+    assert saved >= 2 and f"holds epoch {saved}." in stdout
+
+
 def test_sigterm_during_a_checkpoint_write_lets_the_write_finish(data_dir, tmp_path):
     out = tmp_path / "run"
     process = start(*LONG, "--data-dir", str(data_dir), "--out", str(out))
