@@ -83,10 +83,10 @@ def main_flags(
 def launch(argv: list[str], out: Path) -> tuple[dict[int, float], float]:
     """Run main.py with `argv` in a process of its own, passing its output through: the wall
     seconds from the launch to each epoch's line, and to its end. A run that fails ends this."""
-    print(f"$ {shlex.join([sys.executable, str(ROOT / 'main.py'), *argv])}", flush=True)
     start = time.perf_counter()
     epoch_wall = {}
     with start_main(argv) as process:
+        print(f"$ {shlex.join(process.args)}", flush=True)  # the command start_main launched
         try:
             for line in process.stdout:
                 if line.startswith("epoch "):  # "epoch 12/360: train ..."
