@@ -11,6 +11,8 @@ from conftest import DEVICES, ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import time_to_nats
 
+from helpers import flags
+
 TINY = "--hidden 16,16 --latent-dim 4 --batch-size 100 --epochs 4 --watch-every 2 --watch-images 50"
 
 
@@ -114,3 +116,13 @@ def test_a_mark_is_reached_when_the_final_estimate_confirms_it(tmp_path):
     # shifted, epoch 20 (86.4) is below 86.76, but the final estimate is not: no mark reached
     record = write_run(tmp_path / "b", [90.0, 85.5, 86.0], final=86.9)
     assert time_to_nats.result(tmp_path / "b", record)["minutes"] == {}
+
+
+@pytest.mark.parametrize("name", time_to_nats.RECIPES)
+def test_each_recipe_is_a_command_main_py_accepts_and_watches_at_its_last_epoch(name, tmp_path):
+    options = time_to_nats.parse(["--recipe", name, "--data-dir", "DIR", "--out", "OUT"])
+    argv = time_to_nats.main_flags(time_to_nats.RECIPES[name], 0, tmp_path, options)
+    args = flags.parse(argv)
+    flags.check(args)  # exits, as main.py does, on a combination that makes no sense
+    assert (args.likelihood, args.binarize, args.no_visdom) == ("bernoulli", "dynamic", True)
+    assert args.epochs % args.watch_every == 0  # the last epoch's watched figure gives the gap
